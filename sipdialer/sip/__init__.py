@@ -1,0 +1,1 @@
+"""Sans-IO SIP: messages, URIs, digest auth, transactions and dialogs. No sockets here."""
