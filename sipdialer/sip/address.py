@@ -307,7 +307,9 @@ class Via:
     @property
     def rport(self) -> int | None:
         value = self.params.get("rport")
-        return int(value) if value and value.isdigit() else None
+        return (
+            int(value) if value and value.isascii() and value.isdigit() and len(value) < 6 else None
+        )
 
     @property
     def wants_rport(self) -> bool:

@@ -32,7 +32,8 @@ MAX_CSEQ = 2**31 - 1
 TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 _TOKEN = re.compile(rf"[{TOKEN_CHARS}]+\Z")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
-_STATUS_LINE = re.compile(r"SIP/(\d+)\.(\d+) (\d+)(?: (.*))?\Z", re.S)
+_STATUS_LINE = re.compile(r"SIP/([0-9]+)\.([0-9]+) ([0-9]+)(?: (.*))?\Z", re.S)
+_DIGITS = re.compile(r"[0-9]+\Z")
 _LINE_SPLIT = re.compile(r"\r?\n")
 
 
@@ -313,14 +314,23 @@ Message = Request | Response
 # ---------------------------------------------------------------------------------------
 
 
+def parse_uint(text: str, max_digits: int = 10) -> int | None:
+    """A non-negative decimal of ASCII digits (leading zeros allowed), else None."""
+    text = text.strip()
+    if not _DIGITS.match(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= max_digits else None
+
+
 def parse_cseq(value: str) -> tuple[int, str]:
     parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit() or not is_token(parts[1]):
-        raise SipParseError(f"bad CSeq {value!r}")
-    number = int(parts[0])
-    if number > MAX_CSEQ:
-        raise SipParseError(f"CSeq number out of range: {parts[0]}")
-    return number, parts[1]
+    if len(parts) != 2 or not _DIGITS.match(parts[0]) or not is_token(parts[1]):
+        raise SipParseError(f"bad CSeq {value[:60]!r}")
+    digits = parts[0].lstrip("0") or "0"
+    if len(digits) > 10 or int(digits) > MAX_CSEQ:
+        raise SipParseError(f"CSeq number out of range: {parts[0][:40]}")
+    return int(digits), parts[1]
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
@@ -352,22 +362,29 @@ def parse_message(
     stream: bool = False,
     max_size: int = MAX_MESSAGE_SIZE,
     max_headers: int = MAX_HEADERS,
+    strict: bool = True,
 ) -> Request | Response:
     """Parse one SIP message from ``data``.
 
     On a datagram (``stream=False``) a missing Content-Length means "the rest of the
     datagram"; bytes beyond Content-Length are ignored (RFC 3261 §18.3). On a stream the
     caller frames messages first (:class:`StreamFramer`) and Content-Length is mandatory.
+
+    ``strict=False`` is a salvage parse for answering a broken request with 400/505: it
+    skips the structural header checks, keeps a request line's other ``SIP/x.y`` version
+    in ``Request.version`` and takes the rest as body when Content-Length does not frame.
     """
     try:
-        return _parse(data, stream, max_size, max_headers)
+        return _parse(data, stream, max_size, max_headers, strict)
     except SipParseError:
         raise
     except (ValueError, IndexError, UnicodeError) as exc:  # defence in depth
         raise SipParseError(f"malformed message: {exc}") from exc
 
 
-def _parse(data: bytes, stream: bool, max_size: int, max_headers: int) -> Request | Response:
+def _parse(
+    data: bytes, stream: bool, max_size: int, max_headers: int, strict: bool = True
+) -> Request | Response:
     if len(data) > max_size:
         raise SipParseError(f"message larger than {max_size} bytes")
     data = data.lstrip(b"\r\n")
@@ -387,9 +404,15 @@ def _parse(data: bytes, stream: bool, max_size: int, max_headers: int) -> Reques
             raise SipParseError(f"bad header line {line[:60]!r}")
         headers.add(name, value.strip(" \t"))
 
-    body = _frame_body(headers, rest, stream)
-    msg = _parse_start_line(lines[0], headers, body)
-    _check_structure(msg)
+    try:
+        body = _frame_body(headers, rest, stream)
+    except SipParseError:
+        if strict:
+            raise
+        body = rest
+    msg = _parse_start_line(lines[0], headers, body, strict)
+    if strict:
+        _check_structure(msg)
     return msg
 
 
@@ -399,16 +422,19 @@ def _frame_body(headers: Headers, rest: bytes, stream: bool) -> bytes:
         if stream:
             raise SipParseError("Content-Length is mandatory on a stream transport")
         return rest
-    for value in lengths:
-        if not value.isdigit():
-            raise SipParseError(f"bad Content-Length {value!r}")
-    length = int(lengths[0])
+    parsed = [parse_uint(value, max_digits=9) for value in lengths]
+    if any(n is None for n in parsed):
+        raise SipParseError(f"bad Content-Length {lengths[0][:20]!r}")
+    length = parsed[0]
+    assert length is not None
     if length > len(rest):
         raise SipParseError(f"Content-Length {length} exceeds the {len(rest)} bytes received")
     return rest[:length]
 
 
-def _parse_start_line(line: str, headers: Headers, body: bytes) -> Request | Response:
+def _parse_start_line(
+    line: str, headers: Headers, body: bytes, strict: bool = True
+) -> Request | Response:
     if line.startswith("SIP/"):
         m = _STATUS_LINE.match(line)
         if not m:
@@ -430,6 +456,8 @@ def _parse_start_line(line: str, headers: Headers, body: bytes) -> Request | Res
         raise SipParseError(f"bad Request-URI {uri[:80]!r}")
     if version != "SIP/2.0":
         if re.fullmatch(r"SIP/\d+\.\d+", version):
+            if not strict:
+                return Request(method, uri, headers, body, version)
             raise SipVersionError(f"unsupported version {version!r}")
         raise SipParseError(f"bad version {version[:20]!r}")
     return Request(method, uri, headers, body)
@@ -439,16 +467,14 @@ def _check_structure(msg: Request | Response) -> None:
     """Grammar checks on the headers every element must be able to read."""
     for value in msg.headers.get_all("CSeq"):
         _, method = parse_cseq(value)
-        if isinstance(msg, Request) and method != msg.method and msg.method != "ACK":
+        if isinstance(msg, Request) and method != msg.method:
             raise SipParseError(f"CSeq method {method!r} differs from {msg.method!r}")
-        if isinstance(msg, Request) and msg.method == "ACK" and method not in ("ACK",):
-            raise SipParseError(f"CSeq method {method!r} differs from 'ACK'")
     parse_vias(msg.headers.get_all("Via"))
     for name in ("From", "To"):
         for value in msg.headers.get_all(name):
             parse_address(value)
     for value in msg.headers.get_all("Max-Forwards"):
-        if not value.isdigit():
+        if not _DIGITS.match(value):
             raise SipParseError(f"bad Max-Forwards {value!r}")
 
 

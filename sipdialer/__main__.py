@@ -1,0 +1,7 @@
+"""``python -m sipdialer`` runs the command line."""
+
+import sys
+
+from sipdialer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,292 @@
+"""The service configuration: an INI file (``sip.conf``) read into typed, validated dataclasses.
+
+Owns every key and its default; ``sip.conf.example`` documents the same keys. A bad value
+or an unknown key raises :class:`ConfigError` naming the section and key, so a typo is
+found at start-up rather than on the first call.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HostPort = tuple[str, int]
+
+_EXTENSION = re.compile(r"[0-9]{3,4}\Z")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration file; the message names the section and key."""
+
+
+@dataclass(frozen=True)
+class TrunkConfig:
+    registrar: HostPort | None = None
+    domain: str = ""
+    username: str = ""
+    password: str = ""
+    transport: str = "udp"
+    expires: int = 300
+    register: bool = True
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    listen: HostPort = ("127.0.0.1", 5060)
+    public_host: str = ""
+    rtp_ports: tuple[int, int] = (20000, 29999)
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    user_agent: str = "sipdialer"
+
+    @property
+    def advertised_host(self) -> str:
+        return self.public_host or self.listen[0]
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: HostPort = ("127.0.0.1", 8080)
+    public_url: str = ""
+    api_tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "enigma"
+    legacy_c2d: bool = True
+    outbox: str = "outbox"
+
+
+@dataclass(frozen=True)
+class CallsConfig:
+    agent_ring_timeout: float = 30.0
+    callee_ring_timeout: float = 45.0
+    max_duration: float = 4 * 3600.0
+    rtp_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    directory: str = "recordings"
+    enabled: bool = True
+    retention_days: float = 0.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    extensions: dict[str, str] = field(default_factory=dict)
+
+
+# ---- value parsers: each gets (section, key, raw text) and raises ConfigError ------------
+
+
+def _where(section: str, key: str) -> str:
+    return f"[{section}] {key}"
+
+
+def parse_hostport(section: str, key: str, text: str, default_port: int | None = None) -> HostPort:
+    text = text.strip()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\s]+)(?::(\d+))?", text)
+    if not m:
+        raise ConfigError(f"{_where(section, key)}: expected HOST:PORT, got {text!r}")
+    host = m.group(1) or m.group(3)
+    port_text = m.group(2) or m.group(4)
+    if port_text is None:
+        if default_port is None:
+            raise ConfigError(f"{_where(section, key)}: a port is required ({text!r})")
+        return host, default_port
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{_where(section, key)}: port out of range in {text!r}")
+    return host, port
+
+
+def _bool(section: str, key: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ConfigError(f"{_where(section, key)}: expected yes or no, got {text!r}")
+
+
+def _number(section: str, key: str, text: str, *, minimum: float = 0.0) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{_where(section, key)}: expected a number, got {text!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{_where(section, key)}: must be at least {minimum}, got {text!r}")
+    return value
+
+
+def _port_range(section: str, key: str, text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    if not m:
+        raise ConfigError(f"{_where(section, key)}: expected LOW-HIGH, got {text!r}")
+    low, high = int(m.group(1)), int(m.group(2))
+    if not 1024 <= low < high <= 65535:
+        raise ConfigError(f"{_where(section, key)}: need 1024 <= LOW < HIGH <= 65535")
+    return low, high
+
+
+def _choice(section: str, key: str, text: str, choices: tuple[str, ...]) -> str:
+    value = text.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{_where(section, key)}: expected one of {', '.join(choices)}")
+    return value
+
+
+def _plain(section: str, key: str, text: str) -> str:
+    if any(c in text for c in "\r\n\0"):
+        raise ConfigError(f"{_where(section, key)}: control characters are not allowed")
+    return text.strip()
+
+
+_KEYS: dict[str, tuple[str, ...]] = {
+    "trunk": ("registrar", "domain", "username", "password", "transport", "expires", "register"),
+    "sip": ("listen", "public_host", "rtp_ports", "t1", "t2", "t4", "user_agent"),
+    "http": ("listen", "public_url", "api_tokens"),
+    "redis": ("url", "key_prefix", "legacy_c2d", "outbox"),
+    "calls": ("agent_ring_timeout", "callee_ring_timeout", "max_duration", "rtp_timeout"),
+    "recording": ("directory", "enabled", "retention_days"),
+    "log": ("level",),
+    "extensions": (),
+}
+
+
+def parse_config(text: str, *, source: str = "<string>") -> Config:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    for section in parser.sections():
+        if section not in _KEYS:
+            raise ConfigError(f"{source}: unknown section [{section}]")
+        if section == "extensions":
+            continue
+        for key in parser[section]:
+            if key not in _KEYS[section]:
+                raise ConfigError(f"{source}: unknown key {_where(section, key)}")
+
+    def get(section: str, key: str) -> str | None:
+        if parser.has_section(section) and key in parser[section]:
+            return parser[section][key]
+        return None
+
+    trunk = TrunkConfig()
+    t: dict[str, object] = {}
+    if (v := get("trunk", "registrar")) is not None and v.strip():
+        t["registrar"] = parse_hostport("trunk", "registrar", v, default_port=5060)
+    for key in ("domain", "username", "password"):
+        if (v := get("trunk", key)) is not None:
+            t[key] = _plain("trunk", key, v)
+    if (v := get("trunk", "transport")) is not None:
+        t["transport"] = _choice("trunk", "transport", v, ("udp", "tcp"))
+    if (v := get("trunk", "expires")) is not None:
+        t["expires"] = int(_number("trunk", "expires", v, minimum=1))
+    if (v := get("trunk", "register")) is not None:
+        t["register"] = _bool("trunk", "register", v)
+    trunk = TrunkConfig(**t)  # type: ignore[arg-type]
+    if trunk.registrar and not trunk.domain:
+        trunk = TrunkConfig(**{**t, "domain": trunk.registrar[0]})  # type: ignore[arg-type]
+
+    s: dict[str, object] = {}
+    if (v := get("sip", "listen")) is not None:
+        s["listen"] = parse_hostport("sip", "listen", v, default_port=5060)
+    if (v := get("sip", "public_host")) is not None:
+        s["public_host"] = _plain("sip", "public_host", v)
+    if (v := get("sip", "rtp_ports")) is not None:
+        s["rtp_ports"] = _port_range("sip", "rtp_ports", v)
+    for key in ("t1", "t2", "t4"):
+        if (v := get("sip", key)) is not None:
+            s[key] = _number("sip", key, v, minimum=0.001)
+    if (v := get("sip", "user_agent")) is not None:
+        s["user_agent"] = _plain("sip", "user_agent", v)
+
+    h: dict[str, object] = {}
+    if (v := get("http", "listen")) is not None:
+        h["listen"] = parse_hostport("http", "listen", v, default_port=8080)
+    if (v := get("http", "public_url")) is not None:
+        h["public_url"] = _plain("http", "public_url", v).rstrip("/")
+    if (v := get("http", "api_tokens")) is not None:
+        h["api_tokens"] = tuple(x.strip() for x in v.split(",") if x.strip())
+
+    r: dict[str, object] = {}
+    if (v := get("redis", "url")) is not None:
+        r["url"] = _plain("redis", "url", v)
+    if (v := get("redis", "key_prefix")) is not None:
+        prefix = _plain("redis", "key_prefix", v)
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
+            raise ConfigError("[redis] key_prefix: letters, digits and _.:- only")
+        r["key_prefix"] = prefix
+    if (v := get("redis", "legacy_c2d")) is not None:
+        r["legacy_c2d"] = _bool("redis", "legacy_c2d", v)
+    if (v := get("redis", "outbox")) is not None:
+        r["outbox"] = _plain("redis", "outbox", v)
+
+    c = {
+        key: _number("calls", key, v, minimum=1)
+        for key in _KEYS["calls"]
+        if (v := get("calls", key)) is not None
+    }
+
+    rec: dict[str, object] = {}
+    if (v := get("recording", "directory")) is not None:
+        rec["directory"] = _plain("recording", "directory", v)
+    if (v := get("recording", "enabled")) is not None:
+        rec["enabled"] = _bool("recording", "enabled", v)
+    if (v := get("recording", "retention_days")) is not None:
+        rec["retention_days"] = _number("recording", "retention_days", v)
+
+    lg: dict[str, object] = {}
+    if (v := get("log", "level")) is not None:
+        lg["level"] = _choice("log", "level", v, ("debug", "info", "warning", "error")).upper()
+
+    extensions: dict[str, str] = {}
+    if parser.has_section("extensions"):
+        for ext, password in parser["extensions"].items():
+            if not _EXTENSION.match(ext):
+                raise ConfigError(f"[extensions] {ext}: an extension is 3 or 4 digits")
+            if not password.strip():
+                raise ConfigError(f"[extensions] {ext}: the password must not be empty")
+            extensions[ext] = _plain("extensions", ext, password)
+
+    return Config(
+        trunk=trunk,
+        sip=SipConfig(**s),  # type: ignore[arg-type]
+        http=HttpConfig(**h),  # type: ignore[arg-type]
+        redis=RedisConfig(**r),  # type: ignore[arg-type]
+        calls=CallsConfig(**c),
+        recording=RecordingConfig(**rec),  # type: ignore[arg-type]
+        log=LogConfig(**lg),  # type: ignore[arg-type]
+        extensions=extensions,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_config(text, source=str(path))
