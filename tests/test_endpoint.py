@@ -4,7 +4,6 @@ RFC 4475 torture corpus), CANCEL, 2xx retransmission and stray 2xx handling."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -27,11 +26,11 @@ from sipdialer.sip.transaction import (
     InviteServerTransaction,
     NonInviteServerTransaction,
 )
+from tests.corpus import ALL, CORPUS
 
 HOST, PORT = "192.0.2.1", 5060
 PEER = ("203.0.113.7", 40000)
 TRUNK = ("198.51.100.20", 5060)
-CORPUS = Path(os.environ.get("RFC4475_DIR", Path(__file__).resolve().parents[2] / "shared/rfc4475"))
 
 
 def endpoint() -> SipEndpoint:
@@ -526,7 +525,7 @@ def _corpus() -> list[Path]:
     return sorted(CORPUS.glob("*.dat"))
 
 
-@pytest.mark.parametrize("path", _corpus(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [CORPUS / f"{name}.dat" for name in ALL], ids=ALL)
 def test_rfc4475_message_never_raises(path: Path) -> None:
     data = path.read_bytes()
     ep = endpoint()

@@ -4,30 +4,22 @@ nothing raises anything else. The files are read from ../shared/rfc4475/ (never 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from sipdialer.sip.address import parse_uri
 from sipdialer.sip.errors import SipParseError, SipVersionError
 from sipdialer.sip.message import Request, Response, parse_message, request_problem
-
-CORPUS = Path(os.environ.get("RFC4475_DIR", Path(__file__).resolve().parents[2] / "shared/rfc4475"))
-if not CORPUS.is_dir():  # a checkout elsewhere: look beside the repository root
-    CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "rfc4475"
-
-VALID = "wsinv intmeth esc01 escnull esc02 lwsdisp longreq dblreq semiuri transports mpart01 unreason noreason".split()  # noqa: E501
-MUST_REFUSE = "badinv01 clerr ncl scalar02 scalarlg quotbal ltgtruri lwsruri badvers mismatch01 bigcode".split()  # noqa: E501
-MAY_ACCEPT = "lwsstart trws escruri baddate regbadct badaspec baddn mismatch02".split()
-TRANSACTION = ["badbranch"]
-APPLICATION = "insuf unkscm novelsc unksm2 bext01 invut regaut01 multi01 mcl01 bcast zeromf cparam01 cparam02 regescrt sdp01".split()  # noqa: E501
-COMPAT = ["inv2543"]
-ALL = VALID + MUST_REFUSE + MAY_ACCEPT + TRANSACTION + APPLICATION + COMPAT
-
-
-def load(name: str) -> bytes:
-    return (CORPUS / f"{name}.dat").read_bytes()
+from tests.corpus import (
+    ALL,
+    APPLICATION,
+    COMPAT,
+    CORPUS,
+    MAY_ACCEPT,
+    MUST_REFUSE,
+    TRANSACTION,
+    VALID,
+    load,
+)
 
 
 def parse(name: str) -> Request | Response:

@@ -8,15 +8,14 @@ import os
 import random
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from sipdialer.config import parse_config
 from sipdialer.service import Service
 from sipdialer.sip.message import Response, parse_message
+from tests.corpus import ALL, load
 from tests.peers import ports
-from tests.test_rfc4475 import CORPUS
 
 
 @pytest.fixture
@@ -155,8 +154,8 @@ async def test_malformed_request_gets_400_and_garbage_is_dropped(service: Servic
         for _ in range(300):
             junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 600)))
             await loop.sock_sendto(udp.sock, junk, ("127.0.0.1", port))
-        for path in sorted(Path(CORPUS).glob("*.dat")):
-            data = path.read_bytes().replace(b"192.0.2.", b"127.0.0.")
+        for name in ALL:
+            data = load(name).replace(b"192.0.2.", b"127.0.0.")
             await loop.sock_sendto(udp.sock, data, ("127.0.0.1", port))
         await asyncio.sleep(0.3)
         # still alive and answering
