@@ -68,6 +68,7 @@ class CallsConfig:
     callee_ring_timeout: float = 45.0
     max_duration: float = 4 * 3600.0
     rtp_timeout: float = 60.0
+    agent_caller_id: str = "callee"
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,13 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "sip": ("listen", "public_host", "rtp_ports", "t1", "t2", "t4", "user_agent"),
     "http": ("listen", "public_url", "api_tokens"),
     "redis": ("url", "key_prefix", "legacy_c2d", "outbox"),
-    "calls": ("agent_ring_timeout", "callee_ring_timeout", "max_duration", "rtp_timeout"),
+    "calls": (
+        "agent_ring_timeout",
+        "callee_ring_timeout",
+        "max_duration",
+        "rtp_timeout",
+        "agent_caller_id",
+    ),
     "recording": ("directory", "enabled", "retention_days"),
     "log": ("level",),
     "extensions": (),
@@ -244,11 +251,13 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     if (v := get("redis", "outbox")) is not None:
         r["outbox"] = _plain("redis", "outbox", v)
 
-    c = {
+    c: dict[str, object] = {
         key: _number("calls", key, v, minimum=1)
         for key in _KEYS["calls"]
-        if (v := get("calls", key)) is not None
+        if key != "agent_caller_id" and (v := get("calls", key)) is not None
     }
+    if (v := get("calls", "agent_caller_id")) is not None:
+        c["agent_caller_id"] = _choice("calls", "agent_caller_id", v, ("callee", "outbound_id"))
 
     rec: dict[str, object] = {}
     if (v := get("recording", "directory")) is not None:
@@ -276,7 +285,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         sip=SipConfig(**s),  # type: ignore[arg-type]
         http=HttpConfig(**h),  # type: ignore[arg-type]
         redis=RedisConfig(**r),  # type: ignore[arg-type]
-        calls=CallsConfig(**c),
+        calls=CallsConfig(**c),  # type: ignore[arg-type]
         recording=RecordingConfig(**rec),  # type: ignore[arg-type]
         log=LogConfig(**lg),  # type: ignore[arg-type]
         extensions=extensions,

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from sipdialer.cdr import CdrSink, MemorySink
 from sipdialer.config import Config
+from sipdialer.dialer import Dialer
 from sipdialer.logs import quote_value
 from sipdialer.registration import RegistrationClient, RegState
+from sipdialer.rtp.ringback import load_ringback
 from sipdialer.sip.endpoint import SipEndpoint
 from sipdialer.sip.events import Event, ResponseReceived, TransactionTimeout, TransportError
 from sipdialer.sip.message import Request
@@ -117,8 +120,9 @@ class TrunkRegistration:
 class Service:
     """Everything ``sipdialer serve`` runs."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, sink: CdrSink | None = None) -> None:
         self.config = config
+        self.sink: CdrSink = sink if sink is not None else MemorySink()
         sip = config.sip
         self.endpoint = SipEndpoint(
             host=sip.advertised_host,
@@ -130,6 +134,7 @@ class Service:
         self.transport = SipTransport(self.endpoint, self.ua.handle_event, listen=sip.listen)
         self.ua.attach(self.transport)
         self.registration: TrunkRegistration | None = None
+        self.dialer: Dialer | None = None
 
     async def start(self) -> None:
         await self.transport.start()
@@ -139,8 +144,17 @@ class Service:
         if trunk.registrar is not None and trunk.register:
             self.registration = TrunkRegistration(self.config, self.ua, self.transport)
             self.registration.start()
+        self.dialer = Dialer(
+            self.config,
+            self.ua,
+            self.sink,
+            sip_port=self.transport.port,
+            ringback=load_ringback(),
+        )
 
     async def stop(self) -> None:
+        if self.dialer is not None:
+            await self.dialer.close()
         if self.registration is not None:
             await self.registration.stop()
         await self.transport.close()

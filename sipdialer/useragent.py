@@ -21,6 +21,7 @@ from sipdialer.sip.events import (
     Event,
     RequestReceived,
     ResponseReceived,
+    TransactionTerminated,
     TransactionTimeout,
     TransportError,
 )
@@ -62,6 +63,10 @@ class UserAgent:
         self._tx_owners[id(tx)] = owner
         return tx
 
+    def send_cancel(self, invite_tx: ClientTransaction, reason: str | None = None) -> None:
+        assert self.transport is not None
+        self.transport.send_cancel(invite_tx, reason)
+
     def add_dialog(self, call_id: str, local_tag: str, handler: RequestHandler) -> None:
         self._dialogs[(call_id, local_tag)] = handler
 
@@ -87,14 +92,14 @@ class UserAgent:
                 return
             owner = self._tx_owners.get(id(event.transaction))
             if owner is not None:
-                if event.response.status >= 200:
-                    self._tx_owners.pop(id(event.transaction), None)
-                owner(event)
+                owner(event)  # finals too: an INVITE's 2xx retransmissions come here
             return
         if isinstance(event, TransactionTimeout | TransportError):
             owner = self._tx_owners.pop(id(event.transaction), None)
             if owner is not None:
                 owner(event)
+        elif isinstance(event, TransactionTerminated):
+            self._tx_owners.pop(id(event.transaction), None)
 
     def _on_request(self, event: RequestReceived) -> None:
         req = event.request
@@ -149,11 +154,12 @@ class UserAgent:
         status: int,
         reason: str | None = None,
         extra: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
     ) -> None:
         assert self.transport is not None
         if event.transaction is None:
             return
         response = self.transport.endpoint.response_to(
-            event.request, status, reason, extra=extra or []
+            event.request, status, reason, extra=extra or [], body=body
         )
         self.transport.respond(event.transaction, response)

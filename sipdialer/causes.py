@@ -1,0 +1,463 @@
+"""How a call ended → ISDN (Q.850) cause, CDR disposition and end_reason: the one place.
+
+Owns the SIP final response → Q.850 table (SPEC §4), the parsing of ``Reason: Q.850``
+header values (RFC 3326), and :func:`classify`, which turns the facts the call engine
+observed (an :class:`Ending`) into what the CDR and the notifications report (an
+:class:`Outcome`). Pure: no I/O, no clock, never raises on what a peer sent.
+
+Source of the table
+===================
+
+RFC 3398 §8.2.6.1 ("SIP final response → ISUP cause value"). FreeSWITCH uses the same
+table (``sofia_glue_sip_cause_to_freeswitch``) except that it maps 485/604 (and in some
+versions 404) to 3 NO_ROUTE_DESTINATION, 487 to its pseudo-cause 487 ORIGINATOR_CANCEL
+and anything unlisted to 31 NORMAL_UNSPECIFIED; we follow the RFC and SPEC there (1, and
+127 for anything else). Asterisk (``hangup_sip2cause``) differs in more places: 408 → 18
+and 480 → 19 (the RFC has 102 and 18), 405/481/482 → 127, 483 → 19, 488/606 → 58
+BEARERCAPABILITY_NOTAVAIL, 500 → 38, 501 → 29, 502 → 27, 503 → 34 CONGESTION, and an
+unknown 5xx → 34. Cause names are FreeSWITCH's (``Q850_NAMES``).
+
+=============================================  =====  ==========  =============
+SIP final response of the failed INVITE        cause  disposition end_reason
+=============================================  =====  ==========  =============
+2xx (answered; see BYE below)                  16     ANSWERED    —
+400, 481, 500                                  41     FAILED      error
+503                                            41     CONGESTION  congestion
+401, 402, 403, 407, 603                        21     FAILED      reject
+404, 485, 604                                  1      FAILED      not_found
+410                                            22     FAILED      not_found
+484                                            28     FAILED      not_found
+405                                            63     FAILED      error
+406, 415, 501                                  79     FAILED      error
+482, 483                                       25     FAILED      error
+408                                            102    NO ANSWER   timeout
+504                                            102    FAILED      error
+480                                            18     NO ANSWER   timeout
+486, 600                                       17     BUSY        busy
+488, 606                                       88     FAILED      error
+502                                            38     FAILED      error
+413, 414, 416, 420, 421, 423, 505, 513, and    127    FAILED      error
+anything else (3xx, 487, 1xx, out of range)
+=============================================  =====  ==========  =============
+
+Decisions (SPEC leaves them open):
+
+* **603 Decline → FAILED**, not BUSY: the cause is 21 CALL_REJECTED, not 17 USER_BUSY,
+  and the disposition follows the cause. ``end_reason`` ``reject`` with ``end_code`` 21
+  already tells a client "a person declined", which FAILED + ``error`` never says.
+* **503 → cause 41** as RFC 3398 and FreeSWITCH say (Asterisk says 34), but the
+  disposition is CONGESTION as SPEC requires. Cause 34 NORMAL_CIRCUIT_CONGESTION
+  ("41/34" in SPEC) appears only when the trunk sends it in a Reason header.
+* **487 is not a cause here.** FreeSWITCH's ORIGINATOR_CANCEL = 487 is a pseudo-cause
+  outside Q.850's 7-bit range; clients read ``end_code`` as Q.850, so we never emit it and
+  ``Q850_NAMES`` holds only real Q.850 values. A caller giving up / an API cancel before
+  answer is 16 NORMAL_CLEARING (what ISUP carries when the calling party releases, and
+  what RFC 3398 §8.2 maps a BYE or CANCEL to); a stray 487 response is "anything else".
+* 488/606 are always 88; ``Warning`` header codes are not consulted (RFC 3398 allows a
+  finer mapping by Warning code; the table above is what SPEC asks for).
+* A Q.850 ``Reason`` value received with the BYE, CANCEL or final response wins for
+  ``end_code`` and ``cause_name`` (SPEC §4); disposition and end_reason still come from
+  the SIP status / kind of ending. A ``Reason: SIP;cause=…`` value is ignored.
+
+Endings that are not a failed INVITE:
+
+======================  =====  ===========================  ===============  =========
+Ending.kind             cause  disposition                  end_reason       ended_by
+======================  =====  ===========================  ===============  =========
+bye, after bridge       16     ANSWERED                     agent_hungup /   that leg
+                                                            callee_hungup
+bye from the agent      16     NO ANSWER                    agent_hungup     agent
+while callee rings
+rejected (leg, status)  table  table                        table            that leg
+ring_timeout (we        19     NO ANSWER                    timeout          system
+CANCEL)
+api_hangup              16     ANSWERED if bridged,         api_hangup       api
+                               else NO ANSWER
+rtp_timeout             41     ANSWERED if bridged,         rtp_timeout      system
+                               else FAILED
+max_duration            16     ANSWERED if bridged,         max_duration     system
+                               else NO ANSWER
+unreachable (trunk      38     CONGESTION                   congestion       system
+down, INVITE timed out,
+not registered with the
+trunk)
+not_registered          20     FAILED                       not_registered   system
+(extension agent has
+no binding)
+error (our own fault)   127    FAILED                       error            system
+======================  =====  ===========================  ===============  =========
+
+A BYE from the callee always counts as ANSWERED (a callee can only send BYE after its
+200 OK). ``not_registered`` uses 20 SUBSCRIBER_ABSENT as Asterisk does for an
+unregistered endpoint (AST_CAUSE_UNREGISTERED); SPEC's "trunk unreachable / not
+registered → 38" is *our* registration with the trunk, which is ``unreachable``.
+RTP inactivity uses 41 NORMAL_TEMPORARY_FAILURE (FreeSWITCH's MEDIA_TIMEOUT is a
+pseudo-cause 604, outside Q.850). A maximum-duration cut is an orderly release: 16.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "DISPOSITIONS",
+    "END_REASONS",
+    "Q850_NAMES",
+    "EndedBy",
+    "Ending",
+    "EndingKind",
+    "Leg",
+    "Outcome",
+    "cause_name",
+    "classify",
+    "disposition_for_sip_status",
+    "end_reason_for_sip_status",
+    "parse_reason_q850",
+    "q850_for_sip_status",
+]
+
+Leg = Literal["agent", "callee"]
+EndedBy = Literal["agent", "callee", "system", "api"]
+EndingKind = Literal[
+    "bye",
+    "rejected",
+    "ring_timeout",
+    "api_hangup",
+    "rtp_timeout",
+    "max_duration",
+    "unreachable",
+    "not_registered",
+    "error",
+]
+
+ANSWERED = "ANSWERED"
+NO_ANSWER = "NO ANSWER"
+BUSY = "BUSY"
+FAILED = "FAILED"
+CONGESTION = "CONGESTION"
+DISPOSITIONS: tuple[str, ...] = (ANSWERED, NO_ANSWER, BUSY, FAILED, CONGESTION)
+
+END_REASONS: tuple[str, ...] = (
+    "agent_hungup",
+    "callee_hungup",
+    "busy",
+    "timeout",
+    "reject",
+    "not_found",
+    "congestion",
+    "error",
+    "api_hangup",
+    "rtp_timeout",
+    "max_duration",
+    "not_registered",
+)
+
+# ITU-T Q.850 cause values with FreeSWITCH's names (switch_types.h, SWITCH_CAUSE_*).
+Q850_NAMES: dict[int, str] = {
+    1: "UNALLOCATED_NUMBER",
+    2: "NO_ROUTE_TRANSIT_NET",
+    3: "NO_ROUTE_DESTINATION",
+    6: "CHANNEL_UNACCEPTABLE",
+    7: "CALL_AWARDED_DELIVERED",
+    16: "NORMAL_CLEARING",
+    17: "USER_BUSY",
+    18: "NO_USER_RESPONSE",
+    19: "NO_ANSWER",
+    20: "SUBSCRIBER_ABSENT",
+    21: "CALL_REJECTED",
+    22: "NUMBER_CHANGED",
+    23: "REDIRECTION_TO_NEW_DESTINATION",
+    25: "EXCHANGE_ROUTING_ERROR",
+    27: "DESTINATION_OUT_OF_ORDER",
+    28: "INVALID_NUMBER_FORMAT",
+    29: "FACILITY_REJECTED",
+    30: "RESPONSE_TO_STATUS_ENQUIRY",
+    31: "NORMAL_UNSPECIFIED",
+    34: "NORMAL_CIRCUIT_CONGESTION",
+    38: "NETWORK_OUT_OF_ORDER",
+    41: "NORMAL_TEMPORARY_FAILURE",
+    42: "SWITCH_CONGESTION",
+    43: "ACCESS_INFO_DISCARDED",
+    44: "REQUESTED_CHAN_UNAVAIL",
+    45: "PRE_EMPTED",
+    50: "FACILITY_NOT_SUBSCRIBED",
+    52: "OUTGOING_CALL_BARRED",
+    54: "INCOMING_CALL_BARRED",
+    57: "BEARERCAPABILITY_NOTAUTH",
+    58: "BEARERCAPABILITY_NOTAVAIL",
+    63: "SERVICE_UNAVAILABLE",
+    65: "BEARERCAPABILITY_NOTIMPL",
+    66: "CHAN_NOT_IMPLEMENTED",
+    69: "FACILITY_NOT_IMPLEMENTED",
+    79: "SERVICE_NOT_IMPLEMENTED",
+    81: "INVALID_CALL_REFERENCE",
+    88: "INCOMPATIBLE_DESTINATION",
+    95: "INVALID_MSG_UNSPECIFIED",
+    96: "MANDATORY_IE_MISSING",
+    97: "MESSAGE_TYPE_NONEXIST",
+    98: "WRONG_MESSAGE",
+    99: "IE_NONEXIST",
+    100: "INVALID_IE_CONTENTS",
+    101: "WRONG_CALL_STATE",
+    102: "RECOVERY_ON_TIMER_EXPIRE",
+    103: "MANDATORY_IE_LENGTH_ERROR",
+    111: "PROTOCOL_ERROR",
+    127: "INTERWORKING",
+}
+
+CAUSE_NORMAL_CLEARING = 16
+CAUSE_NO_ANSWER = 19
+CAUSE_SUBSCRIBER_ABSENT = 20
+CAUSE_NETWORK_OUT_OF_ORDER = 38
+CAUSE_NORMAL_TEMPORARY_FAILURE = 41
+CAUSE_INTERWORKING = 127
+
+# RFC 3398 §8.2.6.1, row by row (see the module docstring for the differences).
+_SIP_TO_Q850: dict[int, int] = {
+    200: 16,
+    400: 41, 481: 41, 500: 41, 503: 41,
+    401: 21, 402: 21, 403: 21, 407: 21, 603: 21,
+    404: 1, 485: 1, 604: 1,
+    405: 63,
+    406: 79, 415: 79, 501: 79,
+    408: 102, 504: 102,
+    410: 22,
+    413: 127, 414: 127, 416: 127, 420: 127, 421: 127, 423: 127, 505: 127, 513: 127,
+    480: 18,
+    482: 25, 483: 25,
+    484: 28,
+    486: 17, 600: 17,
+    488: 88, 606: 88,
+    502: 38,
+}  # fmt: skip
+
+_SIP_TO_DISPOSITION: dict[int, str] = {
+    486: BUSY, 600: BUSY,
+    408: NO_ANSWER, 480: NO_ANSWER,
+    503: CONGESTION,
+}  # fmt: skip
+
+_SIP_TO_END_REASON: dict[int, str] = {
+    486: "busy", 600: "busy",
+    408: "timeout", 480: "timeout",
+    401: "reject", 402: "reject", 403: "reject", 407: "reject", 603: "reject",
+    404: "not_found", 410: "not_found", 484: "not_found", 485: "not_found", 604: "not_found",
+    503: "congestion",
+}  # fmt: skip
+
+
+def cause_name(code: int) -> str:
+    """FreeSWITCH-style name of a Q.850 cause; ``UNKNOWN`` for a value we do not name."""
+    return Q850_NAMES.get(code, "UNKNOWN")
+
+
+def _is_status(status: object) -> bool:
+    return isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 699
+
+
+def q850_for_sip_status(status: int) -> int:
+    """The Q.850 cause for a SIP final status (RFC 3398 §8.2.6.1); 127 for anything else.
+
+    Any 2xx is 16 (the call was answered; how it ended is decided by the BYE).
+    """
+    if not _is_status(status):
+        return CAUSE_INTERWORKING
+    if 200 <= status < 300:
+        return CAUSE_NORMAL_CLEARING
+    return _SIP_TO_Q850.get(status, CAUSE_INTERWORKING)
+
+
+def disposition_for_sip_status(status: int) -> str:
+    """CDR disposition for a SIP final status of an INVITE (SPEC §4)."""
+    if not _is_status(status):
+        return FAILED
+    if 200 <= status < 300:
+        return ANSWERED
+    return _SIP_TO_DISPOSITION.get(status, FAILED)
+
+
+def end_reason_for_sip_status(status: int) -> str:
+    """``end_reason`` for an INVITE refused with ``status``: busy, timeout, reject, …"""
+    if not _is_status(status):
+        return "error"
+    return _SIP_TO_END_REASON.get(status, "error")
+
+
+# --- Reason header (RFC 3326) ------------------------------------------------------------
+
+_CAUSE_RE = re.compile(r"\s*cause\s*=\s*\"?\s*([0-9]{1,3})\s*\"?\s*", re.IGNORECASE)
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    parts: list[str] = []
+    buf: list[str] = []
+    quoted = False
+    escaped = False
+    for ch in text:
+        if escaped:
+            buf.append(ch)
+            escaped = False
+        elif quoted and ch == "\\":
+            buf.append(ch)
+            escaped = True
+        elif ch == '"':
+            buf.append(ch)
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    parts.append("".join(buf))
+    return parts
+
+
+def parse_reason_q850(values: Iterable[str] | str | None) -> int | None:
+    """The first Q.850 cause in Reason header values, or None.
+
+    ``values`` are the header field values as received; each may hold several
+    comma-separated reason-values (``SIP;cause=200, Q.850;cause=16;text="…"``). Values of
+    another protocol (``SIP``, ``RELEASE_CAUSE``…) are skipped; a cause outside 1–127 or
+    anything unparsable counts as absent. Never raises.
+    """
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [values]
+    try:
+        for value in values:
+            if not isinstance(value, str):
+                continue
+            for reason in _split_outside_quotes(value, ","):
+                params = _split_outside_quotes(reason, ";")
+                if params[0].strip().upper() != "Q.850":
+                    continue
+                for param in params[1:]:
+                    match = _CAUSE_RE.fullmatch(param)
+                    if match:
+                        cause = int(match.group(1))
+                        if 1 <= cause <= 127:
+                            return cause
+                        break
+    except TypeError:  # not iterable at all
+        return None
+    return None
+
+
+# --- classification ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ending:
+    """The facts of how a call ended, as the call engine observed them.
+
+    ``leg``: who sent the BYE / whose INVITE failed / whose ring timed out / which leg
+    was unreachable. ``status``: the SIP final status of that leg's INVITE (for
+    ``rejected``). ``reason``: Reason header values received with the BYE, CANCEL or
+    final response (a Q.850 cause in them wins). ``bridged``: both parties had been
+    connected. ``detail``: free text for support (kept in the Outcome and the CDR).
+    """
+
+    kind: EndingKind
+    leg: Leg | None
+    status: int | None = None
+    reason: Sequence[str] = field(default=())
+    bridged: bool = False
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        reason = self.reason
+        if reason is None:
+            reason = ()
+        elif isinstance(reason, str):
+            reason = (reason,)
+        object.__setattr__(self, "reason", tuple(reason))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the CDR reports about an ending (SPEC §3/§4)."""
+
+    end_code: int
+    cause_name: str
+    disposition: str
+    end_reason: str
+    ended_by: EndedBy
+    detail: str = ""
+    leg: Leg | None = field(default=None, compare=False)
+    """The leg the ending concerns (whose BYE, refusal, ring timeout), None for both."""
+
+
+def _answered_or(bridged: bool, otherwise: str) -> str:
+    return ANSWERED if bridged else otherwise
+
+
+def _table(ending: Ending) -> tuple[int, str, str, EndedBy]:
+    """(cause, disposition, end_reason, ended_by) before any Reason header override."""
+    kind = ending.kind
+    leg = ending.leg
+    if kind == "bye":
+        if leg == "callee":
+            return CAUSE_NORMAL_CLEARING, ANSWERED, "callee_hungup", "callee"
+        if leg == "agent":
+            return (
+                CAUSE_NORMAL_CLEARING,
+                _answered_or(ending.bridged, NO_ANSWER),
+                "agent_hungup",
+                "agent",
+            )
+        return CAUSE_NORMAL_CLEARING, _answered_or(ending.bridged, NO_ANSWER), "error", "system"
+    if kind == "rejected":
+        status = ending.status
+        ended_by: EndedBy = leg if leg is not None else "system"
+        if status is None or not _is_status(status) or status < 300:
+            return CAUSE_INTERWORKING, FAILED, "error", ended_by
+        return (
+            q850_for_sip_status(status),
+            disposition_for_sip_status(status),
+            end_reason_for_sip_status(status),
+            ended_by,
+        )
+    if kind == "ring_timeout":
+        return CAUSE_NO_ANSWER, NO_ANSWER, "timeout", "system"
+    if kind == "api_hangup":
+        return CAUSE_NORMAL_CLEARING, _answered_or(ending.bridged, NO_ANSWER), "api_hangup", "api"
+    if kind == "rtp_timeout":
+        return (
+            CAUSE_NORMAL_TEMPORARY_FAILURE,
+            _answered_or(ending.bridged, FAILED),
+            "rtp_timeout",
+            "system",
+        )
+    if kind == "max_duration":
+        return (
+            CAUSE_NORMAL_CLEARING,
+            _answered_or(ending.bridged, NO_ANSWER),
+            "max_duration",
+            "system",
+        )
+    if kind == "unreachable":
+        return CAUSE_NETWORK_OUT_OF_ORDER, CONGESTION, "congestion", "system"
+    if kind == "not_registered":
+        return CAUSE_SUBSCRIBER_ABSENT, FAILED, "not_registered", "system"
+    return CAUSE_INTERWORKING, FAILED, "error", "system"  # "error" and anything unknown
+
+
+def classify(ending: Ending) -> Outcome:
+    """The Outcome of an Ending: the tables in the module docstring, then Reason wins."""
+    code, disposition, end_reason, ended_by = _table(ending)
+    from_reason = parse_reason_q850(ending.reason)
+    if from_reason is not None:
+        code = from_reason
+    return Outcome(
+        end_code=code,
+        cause_name=cause_name(code),
+        disposition=disposition,
+        end_reason=end_reason,
+        ended_by=ended_by,
+        detail=ending.detail,
+        leg=ending.leg,
+    )

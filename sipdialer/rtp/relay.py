@@ -1,0 +1,643 @@
+"""The RTP relay: a :class:`Bridge` of two :class:`MediaLeg` sockets, A = agent, B = callee.
+
+Owns the media path of one call and knows nothing of SIP or HTTP: the call engine tells
+it where to send (:meth:`MediaLeg.set_remote`, from SDP), when to relay
+(:meth:`Bridge.connect`), what to play to the agent meanwhile (:meth:`Bridge.play_to_a`)
+and where to record (:meth:`Bridge.start_recording`).
+
+Behaviour:
+
+* **Symmetric RTP / latching.** Each leg sends to the address SDP gave until a packet
+  arrives; then it latches onto the packet's real source address (NAT) and ignores other
+  sources, until :meth:`MediaLeg.set_remote` gives a *different* address, which opens the
+  latch again for the next packet.
+* **Forwarding.** Same codec on both legs: the payload is forwarded untouched (PT
+  rewritten if the numbers differ). PCMU↔PCMA: transcoded with G.711's code-conversion
+  table in one ``bytes.translate``. Telephone-events (RFC 4733, the leg's ``dtmf_pt``)
+  go out with the other leg's ``dtmf_pt``, or are dropped if it has none. Other payload
+  types (comfort noise, codecs not negotiated) are dropped. CSRCs, header extensions and
+  padding are not forwarded: the relay is the source of each outgoing stream.
+* **One stream per receiver.** Each outgoing direction has its own SSRC and its own
+  sequence/timestamp space. When what feeds it changes — a new input SSRC, ringback →
+  relayed media, resuming after hold — the offsets are recomputed so the sequence goes
+  on by one and the timestamp by the wall-clock time elapsed (at least one 20 ms frame),
+  and the marker bit is set on the first packet of the new source.
+* **Ringback.** :meth:`Bridge.play_to_a` loops int16 samples to A as 20 ms packets in A's
+  codec, paced by ``loop.call_at`` on an absolute schedule; the first packet relayed to A
+  stops it.
+* **Hold.** :meth:`MediaLeg.hold` stops sending to that leg (received packets are still
+  recorded).
+* **Recording.** Audio payloads received on A and B are appended, with their arrival
+  time, to the :class:`~sipdialer.rtp.recorder.Recorder`'s lists; the bridge calls
+  :meth:`~sipdialer.rtp.recorder.Recorder.flush` every
+  :data:`~sipdialer.rtp.recorder.FLUSH_INTERVAL` seconds from a loop timer and
+  :meth:`~sipdialer.rtp.recorder.Recorder.close` on :meth:`Bridge.close`.
+
+The hot path is :meth:`MediaLeg.datagram_received`: no logging, no awaits, no dict
+lookups (``__slots__`` attributes only), no allocation beyond the packet's header tuple,
+the rewritten copy and the recorder's payload slice, one ``sendto`` on the raw socket.
+Works with asyncio's loop and uvloop.
+
+Hand-written rather than a library (aiortc, rtpproxy): those terminate media or run as
+separate daemons; a B2BUA relay is ~one ``struct`` rewrite and a ``sendto`` per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sipdialer.rtp.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, encode
+from sipdialer.rtp.packet import HEADER, REWRITE, payload_bounds
+from sipdialer.rtp.ports import PortAllocator
+from sipdialer.rtp.recorder import FLUSH_INTERVAL, Channel, Recorder
+
+__all__ = ["Bridge", "Codec", "MediaLeg"]
+
+log = logging.getLogger("sipdialer.rtp")
+
+Addr = tuple[Any, ...]
+
+CODECS = ("PCMU", "PCMA")
+_STATIC_NAME = {0: "PCMU", 8: "PCMA"}
+FRAME_SAMPLES = 160  # 20 ms at 8 kHz
+PTIME = 0.02
+_RATE = 8000
+
+# ``_src`` values that are no real SSRC (real ones are 0..2**32-1).
+_SRC_NONE = -2  # nothing sent yet
+_SRC_RINGBACK = -1
+_SRC_RESYNC = -3  # force an offset recomputation on the next packet (after hold/skip)
+
+_unpack = HEADER.unpack_from
+_pack = HEADER.pack
+_pack_into = REWRITE.pack_into
+
+
+def _discard(_: object) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Codec:
+    """What a leg negotiated in SDP: a G.711 codec, its PT on that leg, and DTMF's PT."""
+
+    name: str  # "PCMU" or "PCMA"
+    pt: int  # payload type number on that leg (0 / 8, or dynamic)
+    dtmf_pt: int | None = None  # telephone-event PT on that leg (RFC 4733), None if none
+
+    def __post_init__(self) -> None:
+        if self.name not in CODECS:
+            raise ValueError(f"unsupported codec {self.name!r} (relay handles PCMU, PCMA)")
+        if not 0 <= self.pt <= 127:
+            raise ValueError(f"bad payload type {self.pt}")
+        if self.dtmf_pt is not None and (not 0 <= self.dtmf_pt <= 127 or self.dtmf_pt == self.pt):
+            raise ValueError(f"bad telephone-event payload type {self.dtmf_pt}")
+
+
+def _translation(src: str, dst: str) -> bytes | None:
+    if src == dst:
+        return None
+    return ULAW_TO_ALAW if src == "PCMU" else ALAW_TO_ULAW
+
+
+class MediaLeg(asyncio.DatagramProtocol):
+    """One RTP socket of a bridge: receives from and sends to one party.
+
+    Stats (read freely): ``packets_in``, ``bytes_in``, ``packets_out``,
+    ``packets_dropped`` (malformed, foreign source, unknown PT, nowhere to send),
+    ``last_rx`` (loop time of the last valid packet, the bridge's open time before any),
+    ``remote`` (where we send: SDP address, then the latched source).
+    """
+
+    __slots__ = (
+        "_audio_name",
+        "_audio_pt",
+        "_dtmf_pt",
+        "_forward",
+        "_held",
+        "_init_seq",
+        "_init_ts",
+        "_last_out",
+        "_last_tx",
+        "_latch_open",
+        "_loop",
+        "_mark",
+        "_rb_codec",
+        "_rb_frames",
+        "_rb_handle",
+        "_rb_index",
+        "_rb_next",
+        "_rb_samples",
+        "_rec_arrival",
+        "_rec_codec",
+        "_rec_payload",
+        "_recording",
+        "_sdp_remote",
+        "_sending",
+        "_sendto",
+        "_seq_off",
+        "_src",
+        "_ssrc",
+        "_time",
+        "_transport",
+        "_ts_off",
+        "_xlate",
+        "bytes_in",
+        "closed",
+        "codec",
+        "last_rx",
+        "local_port",
+        "name",
+        "packets_dropped",
+        "packets_in",
+        "packets_out",
+        "peer",
+        "remote",
+        "sock",
+    )
+
+    def __init__(self, name: str, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self.sock = sock
+        self.local_port: int = sock.getsockname()[1]
+        self._loop = loop
+        self._time: Callable[[], float] = loop.time
+        self._sendto = sock.sendto
+        self._transport: asyncio.DatagramTransport | None = None
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.peer: MediaLeg = self  # set by the bridge
+        # Where to send.
+        self.remote: Addr | None = None
+        self._sdp_remote: Addr | None = None
+        self._latch_open = True
+        self.codec: Codec | None = None
+        self._audio_pt = -1
+        self._audio_name = ""
+        self._dtmf_pt = -1
+        self._xlate: bytes | None = None  # our codec → peer's codec
+        self._forward = False  # relay what we receive to the peer (bridge connected)
+        self._held = False
+        self._sending = False  # remote, codec known and not held
+        # Outgoing stream (what this leg's party receives).
+        self._ssrc = secrets.randbits(32)
+        self._init_seq = secrets.randbits(16)  # "last sent" before anything was sent
+        self._init_ts = secrets.randbits(32)
+        self._last_out: bytes | bytearray | None = None  # the last packet sent
+        self._last_tx: float | None = None
+        self._src = _SRC_NONE
+        self._seq_off = 0
+        self._ts_off = 0
+        self._mark = 0
+        # Ringback.
+        self._rb_samples: npt.NDArray[np.int16] | None = None
+        self._rb_frames: list[bytes] = []
+        self._rb_codec = ""
+        self._rb_index = 0
+        self._rb_next = 0.0
+        self._rb_handle: asyncio.TimerHandle | None = None
+        # Recording: ``append`` of the recorder channel's three lists.
+        self._recording = False
+        self._rec_payload: Callable[[bytes], None] = _discard
+        self._rec_codec: Callable[[str], None] = _discard
+        self._rec_arrival: Callable[[float], None] = _discard
+        # Stats.
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.packets_out = 0
+        self.packets_dropped = 0
+        self.last_rx = loop.time()
+
+    def __repr__(self) -> str:
+        return f"<MediaLeg {self.name} :{self.local_port} → {self.remote} {self.codec}>"
+
+    # -- control (call engine) ---------------------------------------------------------
+
+    def set_remote(self, addr: tuple[str, int], codec: Codec) -> None:
+        """Send to ``addr`` in ``codec`` (from SDP). May be called again at any time.
+
+        A different address than the previous SDP one drops the latch: we send there and
+        latch onto the source of the next packet. The same address keeps the latch (a
+        re-INVITE that changes only direction or codec).
+        """
+        if addr != self._sdp_remote:
+            self._sdp_remote = addr
+            self.remote = addr
+            self._latch_open = True
+        self.codec = codec
+        self._audio_pt = codec.pt
+        self._audio_name = codec.name
+        self._dtmf_pt = -1 if codec.dtmf_pt is None else codec.dtmf_pt
+        self._update()
+        self.peer._update()
+
+    def hold(self, on: bool) -> None:
+        """Stop (``True``) or resume (``False``) sending to this leg."""
+        if self._held and not on:
+            self._src = _SRC_RESYNC  # continue seq by one, ts by elapsed time, marker
+        self._held = on
+        self._update()
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    @property
+    def ssrc(self) -> int:
+        """The SSRC of the stream this leg sends."""
+        return self._ssrc
+
+    def _update(self) -> None:
+        self._sending = self.remote is not None and self.codec is not None and not self._held
+        peer = self.peer
+        if self.codec is not None and peer.codec is not None:
+            self._xlate = _translation(self.codec.name, peer.codec.name)
+        else:
+            self._xlate = None
+
+    # -- asyncio protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_ringback()
+        self._forward = False
+        self._sending = False
+        self._record_to(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors: nothing to do
+        pass
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:  # the hot path
+        n = len(data)
+        if n < 12:
+            self.packets_dropped += 1
+            return
+        b0, b1, seq, ts, ssrc = _unpack(data)
+        if b0 == 0x80:  # version 2, no padding, extension or CSRC: the usual case
+            start = 12
+            end = n
+        else:
+            start, end = payload_bounds(data)
+            if start < 0:  # version != 2, lengths overrunning the packet
+                self.packets_dropped += 1
+                return
+        if addr != self.remote:
+            if not self._latch_open:
+                self.packets_dropped += 1
+                return
+            self.remote = addr
+            self._latch_open = False
+            self._sending = self.codec is not None and not self._held
+        elif self._latch_open:
+            self._latch_open = False
+        now = self._time()
+        self.last_rx = now
+        self.packets_in += 1
+        self.bytes_in += n
+        if b1 & 0x7F != self._audio_pt:
+            self._slow(data, b1, seq, ts, ssrc, start, end, now)
+            return
+        if self._recording:
+            self._rec_payload(data[start:end])
+            self._rec_codec(self._audio_name)
+            self._rec_arrival(now)
+        peer = self.peer
+        if not (self._forward and peer._sending):
+            return
+        if peer._rb_handle is not None:
+            peer._stop_ringback()
+        if ssrc != peer._src:
+            peer._switch(ssrc, seq, ts, now)
+        tbl = self._xlate
+        if tbl is None and start == 12 and end == n:
+            out: bytes | bytearray = bytearray(data)
+            _pack_into(
+                out,
+                1,
+                (b1 & 0x80) | peer._mark | peer._audio_pt,
+                (seq + peer._seq_off) & 0xFFFF,
+                (ts + peer._ts_off) & 0xFFFFFFFF,
+                peer._ssrc,
+            )
+        else:
+            payload = data[start:end]
+            if tbl is not None:
+                payload = payload.translate(tbl)
+            out = (
+                _pack(
+                    0x80,
+                    (b1 & 0x80) | peer._mark | peer._audio_pt,
+                    (seq + peer._seq_off) & 0xFFFF,
+                    (ts + peer._ts_off) & 0xFFFFFFFF,
+                    peer._ssrc,
+                )
+                + payload
+            )
+        peer._mark = 0
+        peer._last_out = out
+        peer._last_tx = now
+        try:
+            peer._sendto(out, peer.remote)
+        except OSError:  # full socket buffer and the like: RTP is loss-tolerant
+            peer.packets_dropped += 1
+            return
+        peer.packets_out += 1
+
+    def _slow(
+        self, data: bytes, b1: int, seq: int, ts: int, ssrc: int, start: int, end: int, now: float
+    ) -> None:
+        """Everything but negotiated audio: telephone-events, static PT 0/8, others."""
+        peer = self.peer
+        pt = b1 & 0x7F
+        if pt == self._dtmf_pt:
+            out_pt = peer._dtmf_pt
+            tbl = None
+            if out_pt < 0:  # the other side did not offer telephone-event
+                self.packets_dropped += 1
+                return
+        else:
+            name = _STATIC_NAME.get(pt)
+            if name is None or self.codec is None:  # CN, unknown PTs
+                self.packets_dropped += 1
+                return
+            if self._recording:
+                self._rec_payload(data[start:end])
+                self._rec_codec(name)
+                self._rec_arrival(now)
+            out_pt = peer._audio_pt
+            tbl = _translation(name, peer._audio_name) if peer.codec is not None else None
+        if not (self._forward and peer._sending):
+            return
+        if peer._rb_handle is not None:
+            peer._stop_ringback()
+        if ssrc != peer._src:
+            peer._switch(ssrc, seq, ts, now)
+        oseq = (seq + peer._seq_off) & 0xFFFF
+        ots = (ts + peer._ts_off) & 0xFFFFFFFF
+        payload = data[start:end]
+        if tbl is not None:
+            payload = payload.translate(tbl)
+        out = _pack(0x80, (b1 & 0x80) | peer._mark | out_pt, oseq, ots, peer._ssrc) + payload
+        peer._send(out, now)
+
+    # -- outgoing stream ---------------------------------------------------------------
+
+    def _last_seq_ts(self) -> tuple[int, int]:
+        """Sequence number and timestamp of the last packet sent (or the random start)."""
+        last = self._last_out
+        if last is None:
+            return self._init_seq, self._init_ts
+        _, _, seq, ts, _ = _unpack(last)
+        return seq, ts
+
+    def _switch(self, src: int, seq: int, ts: int, now: float) -> None:
+        """A new source feeds this leg: continue seq by one and ts by elapsed time."""
+        if self._last_tx is None:
+            gap = FRAME_SAMPLES
+        else:
+            gap = max(FRAME_SAMPLES, int((now - self._last_tx) * _RATE + 0.5))
+        last_seq, last_ts = self._last_seq_ts()
+        self._seq_off = (last_seq + 1 - seq) & 0xFFFF
+        self._ts_off = (last_ts + gap - ts) & 0xFFFFFFFF
+        self._src = src
+        self._mark = 0x80
+
+    def _send(self, out: bytes, now: float) -> None:
+        self._mark = 0
+        self._last_out = out
+        self._last_tx = now
+        try:
+            self._sendto(out, self.remote)
+        except OSError:
+            self.packets_dropped += 1
+            return
+        self.packets_out += 1
+
+    # -- ringback ----------------------------------------------------------------------
+
+    def play(self, samples: npt.NDArray[np.int16] | None) -> None:
+        """Loop ``samples`` (int16, 8 kHz mono) to this leg in 20 ms packets; None stops."""
+        if samples is None:
+            self._stop_ringback()
+            return
+        samples = np.asarray(samples, dtype=np.int16)
+        if samples.ndim != 1 or not len(samples):
+            raise ValueError("ringback samples must be a non-empty 1-D int16 array")
+        pad = -len(samples) % FRAME_SAMPLES
+        self._rb_samples = np.concatenate([samples, np.zeros(pad, dtype=np.int16)])
+        self._rb_codec = ""
+        self._rb_index = 0
+        if self._rb_handle is None and not self.closed.done():
+            self._rb_next = self._time()
+            self._rb_handle = self._loop.call_soon(self._rb_tick)
+
+    @property
+    def playing(self) -> bool:
+        return self._rb_handle is not None
+
+    def _stop_ringback(self) -> None:
+        if self._rb_handle is not None:
+            self._rb_handle.cancel()
+            self._rb_handle = None
+
+    def _rb_tick(self) -> None:
+        now = self._time()
+        samples = self._rb_samples
+        if self._sending and samples is not None and self.codec is not None:
+            if self._rb_codec != self.codec.name:
+                coded = encode(samples, self.codec.name)
+                self._rb_frames = [
+                    coded[i : i + FRAME_SAMPLES] for i in range(0, len(coded), FRAME_SAMPLES)
+                ]
+                self._rb_codec = self.codec.name
+                self._rb_index %= len(self._rb_frames)
+            payload = self._rb_frames[self._rb_index]
+            self._rb_index = (self._rb_index + 1) % len(self._rb_frames)
+            if self._src != _SRC_RINGBACK:
+                # New source: with input seq = ts = 0 the offsets are the next values.
+                self._switch(_SRC_RINGBACK, 0, 0, now)
+                seq = self._seq_off
+                ts = self._ts_off
+            else:
+                seq, ts = self._last_seq_ts()
+                seq += 1
+                ts += FRAME_SAMPLES
+            out = (
+                _pack(0x80, self._mark | self._audio_pt, seq & 0xFFFF, ts & 0xFFFFFFFF, self._ssrc)
+                + payload
+            )
+            self._send(out, now)
+        elif self._src == _SRC_RINGBACK:
+            self._src = _SRC_RESYNC  # not sent: re-base when we send again
+        self._rb_next += PTIME
+        if self._rb_next < now - 5 * PTIME:  # far behind (loop stalled): don't burst
+            self._rb_next = now + PTIME
+        self._rb_handle = self._loop.call_at(self._rb_next, self._rb_tick)
+
+    def _record_to(self, channel: Channel | None) -> None:
+        if channel is None:
+            self._recording = False
+            self._rec_payload = self._rec_codec = self._rec_arrival = _discard
+        else:
+            self._rec_payload = channel.payloads.append
+            self._rec_codec = channel.codecs.append
+            self._rec_arrival = channel.arrivals.append
+            self._recording = True
+
+    def _close(self) -> None:
+        self._stop_ringback()
+        self._forward = False
+        self._sending = False
+        self._record_to(None)
+        if self._transport is not None:
+            self._transport.close()
+        else:
+            self.sock.close()
+            if not self.closed.done():
+                self.closed.set_result(None)
+
+
+class Bridge:
+    """Two media legs of one call (A = agent, B = callee) and what runs between them."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        allocator: PortAllocator,
+        a: MediaLeg,
+        b: MediaLeg,
+    ) -> None:
+        self._loop = loop
+        self._allocator = allocator
+        self.a = a
+        self.b = b
+        a.peer = b
+        b.peer = a
+        self.connected = False
+        self.recorder: Recorder | None = None
+        self.recording_error: BaseException | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, host: str, allocator: PortAllocator) -> Bridge:
+        """Bind two UDP sockets on ``host`` from ``allocator`` (``PortsExhausted`` if none)."""
+        loop = asyncio.get_running_loop()
+        socks: list[socket.socket] = []
+        legs: list[MediaLeg] = []
+        try:
+            for name in ("A", "B"):
+                sock = allocator.allocate(host)
+                socks.append(sock)
+                leg = MediaLeg(name, sock, loop)
+                await loop.create_datagram_endpoint(lambda leg=leg: leg, sock=sock)
+                legs.append(leg)
+        except BaseException:
+            for sock in socks:
+                port = sock.getsockname()[1]
+                sock.close()
+                allocator.release(port)
+            raise
+        return cls(loop, allocator, legs[0], legs[1])
+
+    def __repr__(self) -> str:
+        return f"<Bridge A={self.a!r} B={self.b!r} connected={self.connected}>"
+
+    def connect(self) -> None:
+        """Relay A→B and B→A from now on (on early media or answer)."""
+        if self._closed:
+            return
+        self.connected = True
+        self.a._forward = True
+        self.b._forward = True
+
+    def play_to_a(self, samples: npt.NDArray[np.int16] | None) -> None:
+        """Loop int16 8 kHz mono ``samples`` to A (ringback); None stops.
+
+        The first packet relayed from B to A stops it by itself.
+        """
+        if not self._closed:
+            self.a.play(samples)
+
+    def start_recording(self, recorder: Recorder) -> None:
+        """Record A's audio (left) and B's (right) into ``recorder`` until :meth:`close`."""
+        if self._closed:
+            raise RuntimeError("bridge is closed")
+        if self.recorder is not None:
+            raise RuntimeError("bridge is already recording")
+        self.recorder = recorder
+        self.a._record_to(recorder.a)
+        self.b._record_to(recorder.b)
+        # The first flush at a random point of [0.5, 1.5) intervals: calls started
+        # together (a campaign) do not flush together.
+        first = FLUSH_INTERVAL * (0.5 + random.random())
+        self._flush_handle = self._loop.call_later(first, self._flush_tick)
+
+    def _flush_tick(self) -> None:
+        self._flush_handle = None
+        recorder = self.recorder
+        if recorder is None or self._closed:
+            return
+        try:
+            recorder.flush(self._loop.time())
+        except Exception as e:  # disk full, I/O error: stop recording, keep the call up
+            log.exception("event=recording_failed path=%s", recorder.path)
+            self._stop_recording(e)
+            return
+        self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
+
+    def _stop_recording(self, error: BaseException | None) -> None:
+        self.a._record_to(None)
+        self.b._record_to(None)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        recorder = self.recorder
+        if recorder is not None and not recorder.closed:
+            try:
+                recorder.close(self._loop.time())
+            except Exception as e:
+                log.exception("event=recording_close_failed path=%s", recorder.path)
+                error = error or e
+        if error is not None and self.recording_error is None:
+            self.recording_error = error
+
+    def last_activity(self) -> float:
+        """Loop time of the latest valid packet on either leg (the open time before any)."""
+        return max(self.a.last_rx, self.b.last_rx)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        """Stop everything, finish the recording, close both sockets, release the ports.
+
+        Never raises for a recording failure (see :attr:`recording_error`). Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.connected = False
+        self._stop_recording(None)
+        for leg in (self.a, self.b):
+            leg._close()
+        try:
+            await asyncio.wait_for(asyncio.gather(self.a.closed, self.b.closed), 2.0)
+        except TimeoutError:
+            log.warning("event=rtp_close_timeout ports=%d,%d", self.a.local_port, self.b.local_port)
+        for leg in (self.a, self.b):
+            self._allocator.release(leg.local_port)
