@@ -158,10 +158,12 @@ class CallRunner:
         if act is Act.INVITE_AGENT:
             self.agent = self._make_leg("agent")
             self.record.agent_dialed_at = time.time()
+            self.record.sip_call_ids["agent"] = self.agent.call_id
             self.agent.invite()
         elif act is Act.INVITE_CALLEE:
             self.callee = self._make_leg("callee")
             self.record.callee_dialed_at = time.time()
+            self.record.sip_call_ids["callee"] = self.callee.call_id
             self.callee.invite()
         elif act is Act.START_RINGBACK:
             if bridge is not None:
@@ -333,22 +335,18 @@ class CallRunner:
         if leg is self.agent:
             self.record.agent_answered_at = time.time()
             self.record.agent_status = 200
-            self.record.sip_call_ids["agent"] = leg.call_id
             self._event(Ev.AGENT_ANSWERED)
         else:
             self.record.callee_answered_at = time.time()
             self.record.callee_status = 200
-            self.record.sip_call_ids["callee"] = leg.call_id
             self._event(Ev.CALLEE_ANSWERED)
 
     def leg_failed(self, leg: Leg, status: int, reason: tuple[str, ...], unreachable: bool) -> None:
         is_agent = leg is self.agent
         if is_agent:
             self.record.agent_status = status
-            self.record.sip_call_ids["agent"] = leg.call_id
         else:
             self.record.callee_status = status
-            self.record.sip_call_ids["callee"] = leg.call_id
         if unreachable:
             self._event(Ev.AGENT_UNREACHABLE if is_agent else Ev.CALLEE_UNREACHABLE, status=status)
         else:
@@ -369,8 +367,7 @@ class CallRunner:
             self.record.agent_status = leg.final_status
         elif leg is self.callee and self.record.callee_status is None:
             self.record.callee_status = leg.final_status
-        if self.cdr is not None and self.call.ended:
-            pass  # the CDR is already out; the record keeps the status for the API
+
 
     # ---- what the API shows ----------------------------------------------------------------
     def snapshot(self) -> dict[str, object]:
