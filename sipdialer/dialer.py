@@ -368,7 +368,6 @@ class CallRunner:
         elif leg is self.callee and self.record.callee_status is None:
             self.record.callee_status = leg.final_status
 
-
     # ---- what the API shows ----------------------------------------------------------------
     def snapshot(self) -> dict[str, object]:
         return {
