@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from sipdialer.rtp.recorder import Recorder, new_recording_ref
 from sipdialer.rtp.relay import Bridge, Codec, MediaLeg
 from sipdialer.sip.sdp import AudioOffer, answer_for, build_sdp
 from sipdialer.useragent import UserAgent
+
+if TYPE_CHECKING:
+    from sipdialer.registrar import Registrar
 
 log = logging.getLogger("sipdialer.call")
 
@@ -54,6 +58,24 @@ class CallRequest:
         for name in ("agent", "callee", "outbound_id"):
             if not _NUMBER.match(getattr(self, name)):
                 raise ValueError(f"{name}: not a dialable number")
+
+
+class AgentNotRegistered(LookupError):
+    """The agent is a configured extension with no registered contact."""
+
+
+def _best_fork_failure(
+    failures: list[tuple[int, tuple[str, ...], bool]],
+) -> tuple[int, tuple[str, ...], bool]:
+    """The answer that speaks for a forked INVITE whose every branch failed (RFC 3261
+    §16.7, simplified): busy wins (the agent is on another call), then any real
+    response over a timeout, then the lowest status."""
+    for busy in (486, 600):
+        for f in failures:
+            if f[0] == busy:
+                return f
+    answered = [f for f in failures if not f[2]] or failures
+    return min(answered, key=lambda f: f[0])
 
 
 def codec_from_answer(sdp: AudioOffer) -> Codec | None:
@@ -91,7 +113,8 @@ class CallRunner:
         )
         self.bridge: Bridge | None = None
         self.recorder: Recorder | None = None
-        self.agent: Leg | None = None
+        self.agent: Leg | None = None  # the agent leg that answered (or the only one)
+        self.agent_forks: list[Leg] = []  # every INVITE to the agent (one per contact)
         self.callee: Leg | None = None
         self.outcome: Outcome | None = None
         self.cdr: Cdr | None = None
@@ -100,6 +123,7 @@ class CallRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._session = secrets.randbelow(2**31)
         self._sdp_version = 1
+        self._fork_failures: list[tuple[int, tuple[str, ...], bool]] = []
         self._tag = self.id[:12]
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -156,10 +180,7 @@ class CallRunner:
     def _do(self, act: Act) -> None:
         bridge = self.bridge
         if act is Act.INVITE_AGENT:
-            self.agent = self._make_leg("agent")
-            self.record.agent_dialed_at = time.time()
-            self.record.sip_call_ids["agent"] = self.agent.call_id
-            self.agent.invite()
+            self._invite_agent()
         elif act is Act.INVITE_CALLEE:
             self.callee = self._make_leg("callee")
             self.record.callee_dialed_at = time.time()
@@ -177,8 +198,8 @@ class CallRunner:
                 bridge.connect()
                 self._start_recording(bridge)
         elif act is Act.HANGUP_AGENT:
-            if self.agent is not None:
-                self.agent.hangup(self._reason_header())
+            for leg in [self.agent] if self.agent is not None else self.agent_forks:
+                leg.hangup(self._reason_header())
         elif act is Act.HANGUP_CALLEE:
             if self.callee is not None:
                 self.callee.hangup(self._reason_header())
@@ -266,11 +287,33 @@ class CallRunner:
         self._arm_timer()
 
     # ---- legs ------------------------------------------------------------------------------
-    def _make_leg(self, name: str) -> Leg:
+    def _invite_agent(self) -> None:
+        """INVITE the agent: the trunk, or every registered contact of an extension at
+        once (parallel fork: the first to answer wins, the others are CANCELled)."""
+        try:
+            targets, route = self.dialer.agent_targets(self.request)
+        except AgentNotRegistered:
+            self.record.agent_route = "extension"
+            # a table transition of its own; runs after the current one's actions
+            asyncio.get_running_loop().call_soon(self._event, Ev.AGENT_NOT_REGISTERED)
+            return
+        self.record.agent_route = route
+        self.record.agent_dialed_at = time.time()
+        self.agent_forks = [self._make_leg("agent", target) for target in targets]
+        self.record.sip_call_ids["agent"] = self.agent_forks[0].call_id
+        if len(self.agent_forks) == 1:
+            self.agent = self.agent_forks[0]
+        for leg in self.agent_forks:
+            leg.invite()
+
+    def _is_agent(self, leg: Leg) -> bool:
+        return leg is self.agent or leg in self.agent_forks
+
+    def _make_leg(self, name: str, target: LegTarget | None = None) -> Leg:
         assert self.bridge is not None
         d = self.dialer
         media = self.bridge.a if name == "agent" else self.bridge.b
-        target = d.target_for(name, self.request)
+        target = target or d.target_for(name, self.request)
         offer = build_sdp(
             address=d.rtp_host,
             port=media.local_port,
@@ -306,7 +349,7 @@ class CallRunner:
     def _media_of(self, leg: Leg) -> MediaLeg | None:
         if self.bridge is None:
             return None
-        return self.bridge.a if leg is self.agent else self.bridge.b
+        return self.bridge.a if self._is_agent(leg) else self.bridge.b
 
     def _point_media(self, leg: Leg, sdp: AudioOffer | None) -> None:
         media = self._media_of(leg)
@@ -319,7 +362,7 @@ class CallRunner:
         media.hold(sdp.direction in ("sendonly", "inactive") or sdp.address == "0.0.0.0")
 
     def leg_progress(self, leg: Leg, status: int, sdp: AudioOffer | None) -> None:
-        if leg is self.agent:
+        if self._is_agent(leg):
             self._event(Ev.AGENT_RINGING)
             return
         if self.record.callee_ringing_at is None:
@@ -331,6 +374,15 @@ class CallRunner:
             self._event(Ev.CALLEE_RINGING)
 
     def leg_answered(self, leg: Leg, sdp: AudioOffer | None) -> None:
+        if self._is_agent(leg):
+            if self.agent is not None and leg is not self.agent:
+                leg.hangup("Q.850;cause=26")  # another fork answered first: BYE this one
+                return
+            self.agent = leg
+            self.record.sip_call_ids["agent"] = leg.call_id
+            for other in self.agent_forks:
+                if other is not leg:
+                    other.hangup('SIP;cause=200;text="Call completed elsewhere"')
         self._point_media(leg, sdp)
         if leg is self.agent:
             self.record.agent_answered_at = time.time()
@@ -342,7 +394,13 @@ class CallRunner:
             self._event(Ev.CALLEE_ANSWERED)
 
     def leg_failed(self, leg: Leg, status: int, reason: tuple[str, ...], unreachable: bool) -> None:
-        is_agent = leg is self.agent
+        is_agent = self._is_agent(leg)
+        if is_agent and self.agent is None:
+            # a fork failed: the agent has failed only when every fork has
+            self._fork_failures.append((status, reason, unreachable))
+            if len(self._fork_failures) < len(self.agent_forks):
+                return
+            status, reason, unreachable = _best_fork_failure(self._fork_failures)
         if is_agent:
             self.record.agent_status = status
         else:
@@ -354,6 +412,8 @@ class CallRunner:
             self._event(ev, status=status, reason=reason)
 
     def leg_bye(self, leg: Leg, reason: tuple[str, ...]) -> None:
+        if self._is_agent(leg) and leg is not self.agent:
+            return  # a losing fork
         self._event(Ev.AGENT_BYE if leg is self.agent else Ev.CALLEE_BYE, reason=reason)
 
     def leg_media_changed(self, leg: Leg, sdp: AudioOffer) -> None:
@@ -403,6 +463,7 @@ class Dialer:
         self.rtp_host = config.sip.advertised_host
         self.ports = PortAllocator(*config.sip.rtp_ports)
         self.ringback = ringback
+        self.registrar: Registrar | None = None  # set by the service when extensions exist
         self.public_url = config.http.public_url or "http://{}:{}".format(*config.http.listen)
         self.active: dict[str, CallRunner] = {}
         self.recent: dict[str, CallRunner] = {}
@@ -430,8 +491,43 @@ class Dialer:
         if pending:
             await asyncio.wait_for(asyncio.gather(*pending), 5.0)
 
+    def agent_targets(self, request: CallRequest) -> tuple[list[LegTarget], str]:
+        """The agent leg's INVITE targets and route: every registered contact of an
+        extension (``"extension"``), else the trunk (``"trunk"``). Raises
+        :class:`AgentNotRegistered` for an extension without a binding, unless
+        ``[calls] unregistered_extension = trunk``."""
+        reg = self.registrar
+        if reg is None or not reg.is_extension(request.agent):
+            return [self.target_for("agent", request)], "trunk"
+        bindings = reg.lookup(request.agent, time.time())
+        if not bindings:
+            if getattr(self.config.calls, "unregistered_extension", "fail") == "trunk":
+                return [self.target_for("agent", request)], "trunk"
+            raise AgentNotRegistered(request.agent)
+        sip = self.config.sip
+        host = sip.advertised_host
+        shown = request.callee
+        if self.config.calls.agent_caller_id == "outbound_id":
+            shown = request.outbound_id
+        targets = []
+        for b in bindings:
+            transport = b.transport.upper()
+            tp = ";transport=tcp" if transport == "TCP" else ""
+            targets.append(
+                LegTarget(
+                    request_uri=b.contact_uri,
+                    dest=b.target,
+                    transport=transport,
+                    from_uri=f"sip:{shown}@{host}",
+                    from_display=shown,
+                    to_uri=f"sip:{request.agent}@{host}",
+                    contact_uri=f"sip:sipdialer@{host}:{self.sip_port}{tp}",
+                )
+            )
+        return targets, "extension"
+
     def target_for(self, leg: str, request: CallRequest) -> LegTarget:
-        """Where a leg's INVITE goes: through the trunk (extensions come with issue 5)."""
+        """Where a trunk leg's INVITE goes (the callee, or an agent dialled by number)."""
         trunk = self.config.trunk
         sip = self.config.sip
         if trunk.registrar is None:
