@@ -131,6 +131,9 @@ class SipTransport:
             await self._server.wait_closed()
         if self._udp:
             self._udp.close()
+            # the socket is closed on the loop's next turn; let it, so a restart can bind
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
 
     @property
     def port(self) -> int:

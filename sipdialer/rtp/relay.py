@@ -30,13 +30,17 @@ Behaviour:
 * **Recording.** Audio payloads received on A and B are appended, with their arrival
   time, to the :class:`~sipdialer.rtp.recorder.Recorder`'s lists; the bridge calls
   :meth:`~sipdialer.rtp.recorder.Recorder.flush` every
-  :data:`~sipdialer.rtp.recorder.FLUSH_INTERVAL` seconds from a loop timer and
-  :meth:`~sipdialer.rtp.recorder.Recorder.close` on :meth:`Bridge.close`.
+  :data:`~sipdialer.rtp.recorder.FLUSH_INTERVAL` seconds from a loop timer (the first
+  one at a random phase, so calls started together do not flush together) and
+  :meth:`~sipdialer.rtp.recorder.Recorder.close` on :meth:`Bridge.stop_recording` or
+  :meth:`Bridge.close`. A recorder error (disk full) stops the recording, never the call.
 
 The hot path is :meth:`MediaLeg.datagram_received`: no logging, no awaits, no dict
 lookups (``__slots__`` attributes only), no allocation beyond the packet's header tuple,
-the rewritten copy and the recorder's payload slice, one ``sendto`` on the raw socket.
-Works with asyncio's loop and uvloop.
+the rewritten copy and the recorder's payload slice, one ``sendto`` on the leg's own
+socket (as cheap as uvloop's ``transport.sendto``, and the same on both loops). Remote
+addresses must be IP literals, so ``sendto`` never resolves a name. Works with asyncio's
+loop and uvloop.
 
 Hand-written rather than a library (aiortc, rtpproxy): those terminate media or run as
 separate daemons; a B2BUA relay is ~one ``struct`` rewrite and a ``sendto`` per packet.
@@ -45,6 +49,7 @@ separate daemons; a B2BUA relay is ~one ``struct`` rewrite and a ``sendto`` per 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import secrets
@@ -227,8 +232,16 @@ class MediaLeg(asyncio.DatagramProtocol):
 
         A different address than the previous SDP one drops the latch: we send there and
         latch onto the source of the next packet. The same address keeps the latch (a
-        re-INVITE that changes only direction or codec).
+        re-INVITE that changes only direction or codec). ``addr`` must be an IP literal of
+        the socket's family (``ValueError`` otherwise): names are resolved by the caller,
+        never per packet.
         """
+        try:
+            version = ipaddress.ip_address(addr[0]).version
+        except ValueError:
+            raise ValueError(f"RTP remote must be an IP address, not {addr[0]!r}") from None
+        if (version == 6) != (self.sock.family == socket.AF_INET6):
+            raise ValueError(f"RTP remote {addr[0]} is not reachable from {self.sock.family.name}")
         if addr != self._sdp_remote:
             self._sdp_remote = addr
             self.remote = addr
@@ -576,7 +589,7 @@ class Bridge:
         """Record A's audio (left) and B's (right) into ``recorder`` until :meth:`close`."""
         if self._closed:
             raise RuntimeError("bridge is closed")
-        if self.recorder is not None:
+        if self.recorder is not None and not self.recorder.closed:
             raise RuntimeError("bridge is already recording")
         self.recorder = recorder
         self.a._record_to(recorder.a)
@@ -598,6 +611,10 @@ class Bridge:
             self._stop_recording(e)
             return
         self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
+
+    def stop_recording(self) -> None:
+        """Finish the recording now (the call goes on); :meth:`close` does it too."""
+        self._stop_recording(None)
 
     def _stop_recording(self, error: BaseException | None) -> None:
         self.a._record_to(None)

@@ -70,7 +70,8 @@ def make_tone(path: Path, hz: int, seconds: int, sox: str = "sox") -> Path:
 
 
 class BaresipPhone:
-    """baresip with account ``sip:<user>@trunk.test`` registering via the trunk."""
+    """baresip with account ``sip:<user>@trunk.test`` registering via the trunk (or any
+    registrar at ``(host, port)``; ``password``/``auth_user`` answer a digest challenge)."""
 
     host = "127.0.0.1"
 
@@ -89,10 +90,14 @@ class BaresipPhone:
         rtp_ports: int = 20,
         baresip: str = "baresip",
         sox: str = "sox",
+        password: str | None = None,
+        auth_user: str | None = None,
     ) -> None:
         self.name = name
         self.user = user
         self.domain = domain
+        self.password = password
+        self.auth_user = auth_user
         self.trunk = trunk if isinstance(trunk, KamailioTrunk) else None
         self.trunk_addr: tuple[str, int] = (
             trunk.addr if isinstance(trunk, KamailioTrunk) else (trunk[0], int(trunk[1]))
@@ -186,8 +191,12 @@ ctrl_tcp_listen		{self.host}:{self.ctrl_port}
 snd_path		{self.recordings_dir}
 """
         host, port = self.trunk_addr
+        # digest credentials, for registrars that challenge (the Kamailio trunk trusts the
+        # phone range by IP instead); baresip answers any realm with them
+        auth = f";auth_pass={self.password}" if self.password is not None else ""
+        auth += f";auth_user={self.auth_user}" if self.auth_user else ""
         account = (
-            f'<{self.aor}>;outbound="sip:{host}:{port};transport=udp";regint={self.regint}'
+            f'<{self.aor}>{auth};outbound="sip:{host}:{port};transport=udp";regint={self.regint}'
             f";answermode={self.answer};audio_codecs=pcmu,pcma;ptime=20\n"
         )
         (self.dir / "config").write_text(config)
