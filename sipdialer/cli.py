@@ -43,24 +43,35 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 async def _serve(config_path: str) -> int:
+    from sipdialer.notify import Notifier
     from sipdialer.service import Service
 
     config = load_config(config_path)
     configure_logging(config.log.level)
-    service = Service(config)
+    notifier = Notifier(config.redis, config.redis.outbox)
+    service = Service(config, sink=notifier)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # the notifier first (it replays the outbox) and last (it takes the final CDRs)
+    await notifier.start()
     try:
         await service.start()
     except OSError as exc:
         log.error("event=start_failed error=%s", exc)
+        await notifier.stop()
         return 1
-    log.info("event=service_started sip=%s:%d", *service.transport.listen)
+    log.info(
+        "event=service_started sip=%s:%d http=%s:%s",
+        *service.transport.listen,
+        config.http.listen[0],
+        service.http_port,
+    )
     await stop.wait()
     log.info("event=service_stopping")
     await service.stop()
+    await notifier.stop()
     log.info("event=service_stopped")
     return 0
 

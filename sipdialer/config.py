@@ -52,6 +52,22 @@ class HttpConfig:
     listen: HostPort = ("127.0.0.1", 8080)
     public_url: str = ""
     api_tokens: tuple[str, ...] = ()
+    max_body_bytes: int = 16384
+
+    def base_url(self, bound_port: int | None = None, fallback_host: str = "") -> str:
+        """``public_url``, or ``http://HOST:PORT`` of the listen address when it is empty.
+
+        ``bound_port`` replaces a listen port of 0 (the port really bound); a wildcard
+        listen host (0.0.0.0, ::) is replaced by ``fallback_host`` when given.
+        """
+        if self.public_url:
+            return self.public_url
+        host, port = self.listen
+        if host in ("0.0.0.0", "::", "") and fallback_host:
+            host = fallback_host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{bound_port if bound_port else port}"
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,7 @@ class RedisConfig:
     key_prefix: str = "enigma"
     legacy_c2d: bool = True
     outbox: str = "outbox"
+    health_grace: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,17 @@ class CallsConfig:
     max_duration: float = 4 * 3600.0
     rtp_timeout: float = 60.0
     agent_caller_id: str = "callee"
+    max_concurrent: int = 100
+    unregistered_extension: str = "fail"
+
+
+@dataclass(frozen=True)
+class RegistrarConfig:
+    realm: str = "sipdialer"
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    store: str = "state/bindings.json"
+    min_expires: int = 60
+    max_expires: int = 3600
 
 
 @dataclass(frozen=True)
@@ -92,6 +120,7 @@ class Config:
     calls: CallsConfig = field(default_factory=CallsConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     extensions: dict[str, str] = field(default_factory=dict)
 
 
@@ -138,6 +167,16 @@ def _number(section: str, key: str, text: str, *, minimum: float = 0.0) -> float
     return value
 
 
+def _integer(section: str, key: str, text: str, *, minimum: int, maximum: int) -> int:
+    value = text.strip()
+    if not re.fullmatch(r"[0-9]+", value, re.ASCII):
+        raise ConfigError(f"{_where(section, key)}: expected a whole number, got {text!r}")
+    number = int(value)
+    if not minimum <= number <= maximum:
+        raise ConfigError(f"{_where(section, key)}: must be {minimum}..{maximum}, got {text!r}")
+    return number
+
+
 def _port_range(section: str, key: str, text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
     if not m:
@@ -164,15 +203,18 @@ def _plain(section: str, key: str, text: str) -> str:
 _KEYS: dict[str, tuple[str, ...]] = {
     "trunk": ("registrar", "domain", "username", "password", "transport", "expires", "register"),
     "sip": ("listen", "public_host", "rtp_ports", "t1", "t2", "t4", "user_agent"),
-    "http": ("listen", "public_url", "api_tokens"),
-    "redis": ("url", "key_prefix", "legacy_c2d", "outbox"),
+    "http": ("listen", "public_url", "api_tokens", "max_body_bytes"),
+    "redis": ("url", "key_prefix", "legacy_c2d", "outbox", "health_grace"),
     "calls": (
         "agent_ring_timeout",
         "callee_ring_timeout",
         "max_duration",
         "rtp_timeout",
         "agent_caller_id",
+        "max_concurrent",
+        "unregistered_extension",
     ),
+    "registrar": ("realm", "algorithms", "store", "min_expires", "max_expires"),
     "recording": ("directory", "enabled", "retention_days"),
     "log": ("level",),
     "extensions": (),
@@ -234,9 +276,20 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     if (v := get("http", "listen")) is not None:
         h["listen"] = parse_hostport("http", "listen", v, default_port=8080)
     if (v := get("http", "public_url")) is not None:
-        h["public_url"] = _plain("http", "public_url", v).rstrip("/")
+        url = _plain("http", "public_url", v).rstrip("/")
+        if url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+            raise ConfigError(
+                f"[http] public_url: expected http(s)://HOST[:PORT][/PATH], got {v!r}"
+            )
+        h["public_url"] = url
     if (v := get("http", "api_tokens")) is not None:
-        h["api_tokens"] = tuple(x.strip() for x in v.split(",") if x.strip())
+        tokens = tuple(x.strip() for x in _plain("http", "api_tokens", v).split(",") if x.strip())
+        for token in tokens:
+            if not re.fullmatch(r"[\x21-\x7e]+", token):
+                raise ConfigError("[http] api_tokens: printable ASCII without spaces only")
+        h["api_tokens"] = tokens
+    if (v := get("http", "max_body_bytes")) is not None:
+        h["max_body_bytes"] = _integer("http", "max_body_bytes", v, minimum=1024, maximum=2**24)
 
     r: dict[str, object] = {}
     if (v := get("redis", "url")) is not None:
@@ -250,14 +303,42 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         r["legacy_c2d"] = _bool("redis", "legacy_c2d", v)
     if (v := get("redis", "outbox")) is not None:
         r["outbox"] = _plain("redis", "outbox", v)
+    if (v := get("redis", "health_grace")) is not None:
+        r["health_grace"] = _number("redis", "health_grace", v)
 
     c: dict[str, object] = {
         key: _number("calls", key, v, minimum=1)
         for key in _KEYS["calls"]
-        if key != "agent_caller_id" and (v := get("calls", key)) is not None
+        if key not in ("agent_caller_id", "max_concurrent", "unregistered_extension")
+        and (v := get("calls", key)) is not None
     }
+    if (v := get("calls", "max_concurrent")) is not None:
+        c["max_concurrent"] = _integer("calls", "max_concurrent", v, minimum=1, maximum=100000)
     if (v := get("calls", "agent_caller_id")) is not None:
         c["agent_caller_id"] = _choice("calls", "agent_caller_id", v, ("callee", "outbound_id"))
+    if (v := get("calls", "unregistered_extension")) is not None:
+        c["unregistered_extension"] = _choice(
+            "calls", "unregistered_extension", v, ("fail", "trunk")
+        )
+
+    g: dict[str, object] = {}
+    if (v := get("registrar", "realm")) is not None:
+        realm = _plain("registrar", "realm", v)
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,64}", realm):
+            raise ConfigError("[registrar] realm: letters, digits, '.' and '-' only")
+        g["realm"] = realm
+    if (v := get("registrar", "algorithms")) is not None:
+        algos = tuple(a.strip().upper() for a in v.split(",") if a.strip())
+        if not algos or any(a not in ("SHA-256", "MD5") for a in algos):
+            raise ConfigError("[registrar] algorithms: a list of sha-256 and/or md5")
+        g["algorithms"] = algos
+    if (v := get("registrar", "store")) is not None:
+        g["store"] = _plain("registrar", "store", v)
+    for key in ("min_expires", "max_expires"):
+        if (v := get("registrar", key)) is not None:
+            g[key] = _integer("registrar", key, v, minimum=1, maximum=86400)
+    if int(g.get("min_expires", 60)) > int(g.get("max_expires", 3600)):  # type: ignore[call-overload]
+        raise ConfigError("[registrar] min_expires: must not exceed max_expires")
 
     rec: dict[str, object] = {}
     if (v := get("recording", "directory")) is not None:
@@ -288,6 +369,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         calls=CallsConfig(**c),  # type: ignore[arg-type]
         recording=RecordingConfig(**rec),  # type: ignore[arg-type]
         log=LogConfig(**lg),  # type: ignore[arg-type]
+        registrar=RegistrarConfig(**g),  # type: ignore[arg-type]
         extensions=extensions,
     )
 

@@ -501,7 +501,7 @@ class Dialer:
             return [self.target_for("agent", request)], "trunk"
         bindings = reg.lookup(request.agent, time.time())
         if not bindings:
-            if getattr(self.config.calls, "unregistered_extension", "fail") == "trunk":
+            if self.config.calls.unregistered_extension == "trunk":
                 return [self.target_for("agent", request)], "trunk"
             raise AgentNotRegistered(request.agent)
         sip = self.config.sip

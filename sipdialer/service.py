@@ -1,5 +1,6 @@
-"""The running service: builds the SIP endpoint, transports, user agent and trunk
-registration from a :class:`Config`, starts them, and stops them cleanly (un-REGISTER).
+"""The running service: builds the SIP endpoint, transports, user agent, trunk
+registration, call engine, HTTP API and recording retention from a :class:`Config`,
+starts them, and stops them cleanly (HTTP first, then calls, then un-REGISTER).
 
 Owns the asyncio side of the registration (carrying its requests and arming its timer);
 the registration state machine itself is the pure :class:`RegistrationClient`.
@@ -9,12 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+from pathlib import Path
 
+from sipdialer.api import ApiServer, make_app
+from sipdialer.api_context import ApiContext
 from sipdialer.cdr import CdrSink, MemorySink
 from sipdialer.config import Config
 from sipdialer.dialer import Dialer
 from sipdialer.logs import quote_value
-from sipdialer.registration import RegistrationClient, RegState
+from sipdialer.metrics import CallCounters, RtpTotals
+from sipdialer.registrar import Registrar
+from sipdialer.registrar_runtime import RegistrarRuntime
+from sipdialer.registration import RegistrationClient, RegistrationStatus, RegState
+from sipdialer.retention import RetentionSweeper
 from sipdialer.rtp.ringback import load_ringback
 from sipdialer.sip.endpoint import SipEndpoint
 from sipdialer.sip.events import Event, ResponseReceived, TransactionTimeout, TransportError
@@ -118,11 +127,23 @@ class TrunkRegistration:
 
 
 class Service:
-    """Everything ``sipdialer serve`` runs."""
+    """Everything ``sipdialer serve`` runs.
 
-    def __init__(self, config: Config, sink: CdrSink | None = None) -> None:
+    ``sink`` takes every CDR (the notifier in production; a ``status()`` method on it
+    feeds ``/healthz`` and ``/metrics``). ``serve_http=False`` leaves the HTTP API out
+    (tests that drive the engine from Python).
+    """
+
+    def __init__(
+        self, config: Config, sink: CdrSink | None = None, *, serve_http: bool = True
+    ) -> None:
         self.config = config
         self.sink: CdrSink = sink if sink is not None else MemorySink()
+        self.serve_http = serve_http
+        self.counters = CallCounters(self.sink)
+        self.rtp_totals = RtpTotals()
+        self.http: ApiServer | None = None
+        self.retention: RetentionSweeper | None = None
         sip = config.sip
         self.endpoint = SipEndpoint(
             host=sip.advertised_host,
@@ -135,6 +156,7 @@ class Service:
         self.ua.attach(self.transport)
         self.registration: TrunkRegistration | None = None
         self.dialer: Dialer | None = None
+        self.registrar: RegistrarRuntime | None = None
 
     async def start(self) -> None:
         await self.transport.start()
@@ -147,14 +169,91 @@ class Service:
         self.dialer = Dialer(
             self.config,
             self.ua,
-            self.sink,
+            self.counters,
             sip_port=self.transport.port,
             ringback=load_ringback(),
         )
+        if self.config.extensions:
+            await self._start_registrar()
+        rec = self.config.recording
+        if rec.retention_days > 0:
+            self.retention = RetentionSweeper(Path(rec.directory), rec.retention_days)
+            self.retention.start()
+        if self.serve_http:
+            try:
+                await self._start_http()
+            except BaseException:
+                await self.stop()
+                raise
+
+    async def _start_registrar(self) -> None:
+        """The registrar for ``[extensions]`` phones; the dialer routes agents through it."""
+        assert self.dialer is not None
+        cfg = self.config.registrar
+        registrar = Registrar(
+            self.config.extensions,
+            realm=cfg.realm,
+            secret=secrets.token_bytes(32),
+            algorithms=cfg.algorithms,
+            min_expires=cfg.min_expires,
+            max_expires=cfg.max_expires,
+        )
+        self.registrar = RegistrarRuntime(registrar, self.ua, store_path=Path(cfg.store))
+        await self.registrar.start()
+        self.dialer.registrar = registrar
+
+    async def _start_http(self) -> None:
+        assert self.dialer is not None
+        http = self.config.http
+        self.http = ApiServer(make_app(self.api_context()), *http.listen)
+        await self.http.start()
+        if not http.public_url:
+            # the recording links in CDRs: the port really bound, a reachable host
+            self.dialer.public_url = http.base_url(self.http.port, self.config.sip.public_host)
+
+    def api_context(self) -> ApiContext:
+        """What the HTTP API sees of this service (after :meth:`start`)."""
+        assert self.dialer is not None
+        return ApiContext(
+            config=self.config,
+            dialer=self.dialer,
+            counters=self.counters,
+            notifier=self.sink,
+            registration=self._registration_status,
+            rtp=self.rtp_totals,
+            recordings_deleted=self._recordings_deleted,
+            registrar=self.registrar.registrar if self.registrar is not None else None,
+            now=self.transport.now,
+        )
+
+    def _registration_status(self) -> RegistrationStatus | None:
+        if self.registration is None:
+            return None
+        return self.registration.client.status()
+
+    def _recordings_deleted(self) -> int:
+        return self.retention.deleted_total if self.retention is not None else 0
+
+    @property
+    def http_port(self) -> int | None:
+        """The port the API really listens on (None before start or without HTTP)."""
+        return self.http.port if self.http is not None else None
 
     async def stop(self) -> None:
+        if self.http is not None:
+            http, self.http = self.http, None
+            try:
+                await http.stop()
+            except Exception:  # keep stopping the rest
+                log.exception("event=http_stop_failed")
+        if self.retention is not None:
+            await self.retention.stop()
+            self.retention = None
         if self.dialer is not None:
             await self.dialer.close()
+        if self.registrar is not None:
+            await self.registrar.stop()
+            self.registrar = None
         if self.registration is not None:
             await self.registration.stop()
         await self.transport.close()

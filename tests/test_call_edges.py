@@ -191,7 +191,7 @@ callee_ring_timeout = {callee_ring_timeout}
 directory = {tmp_path / "recordings"}
 """
         )
-        service = Service(config, sink=sink)
+        service = Service(config, sink=sink, serve_http=False)
         await service.start()
         started.append(service)
         return Lab(service, sink)

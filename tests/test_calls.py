@@ -76,7 +76,7 @@ callee_ring_timeout = 3
 directory = {tmp_path / "recordings"}
 """
     )
-    service = Service(config, sink=sink)
+    service = Service(config, sink=sink, serve_http=False)
     await service.start()
     yield Lab(trunk, service, sink)
     await service.stop()

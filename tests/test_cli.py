@@ -46,6 +46,9 @@ def test_serve_registers_and_stops_cleanly_on_sigterm(
     conf.write_text(
         f"[trunk]\nregistrar = {trunk.host}:{trunk.port}\ndomain = trunk.test\n"
         f"username = dialer\npassword = s3cret\n[sip]\nlisten = 127.0.0.1:{port}\n"
+        # hermetic: any free HTTP port, no real Redis, the outbox under tmp_path
+        f"[http]\nlisten = 127.0.0.1:0\n"
+        f"[redis]\nurl = redis://127.0.0.1:1/0\noutbox = {tmp_path / 'outbox'}\n"
     )
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:

@@ -57,7 +57,7 @@ class Lab:
         """Start a fresh notifier (replaying the outbox) and a fresh service using it."""
         self.notifier = Notifier(self.config.redis, self.outbox, **FAST_RETRY)
         await self.notifier.start()
-        self.service = Service(self.config, sink=self.notifier)
+        self.service = Service(self.config, sink=self.notifier, serve_http=False)
         await self.service.start()
 
     async def shutdown(self) -> None:

@@ -65,15 +65,15 @@ async def start_lab(port: int, store: Path | None, **registrar_kw: Any) -> Lab:
 [sip]
 listen = 127.0.0.1:{port}
 t1 = 0.1
-[extensions]
-1001 = {PASSWORD}
-1002 = other-password
 """
     )
+    # the service's own registrar is left out (no [extensions] in its config): these tests
+    # build one with their own settings around the service's user agent
+    extensions = {"1001": PASSWORD, "1002": "other-password"}
     service = Service(config, serve_http=False)
     await service.start()
     registrar = Registrar(
-        config.extensions, realm="sipdialer", secret=secrets.token_bytes(32), **registrar_kw
+        extensions, realm="sipdialer", secret=secrets.token_bytes(32), **registrar_kw
     )
     runtime = RegistrarRuntime(registrar, service.ua, store_path=store)
     try:

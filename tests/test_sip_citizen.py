@@ -21,7 +21,7 @@ from tests.peers import ports
 @pytest.fixture
 async def service() -> AsyncIterator[Service]:
     port = ports.free_port("both")
-    svc = Service(parse_config(f"[sip]\nlisten = 127.0.0.1:{port}\n"))
+    svc = Service(parse_config(f"[sip]\nlisten = 127.0.0.1:{port}\n"), serve_http=False)
     await svc.start()
     yield svc
     await svc.stop()

@@ -34,7 +34,7 @@ listen = 127.0.0.1:{port}
 t1 = 0.1
 """
     )
-    return Service(config)
+    return Service(config, serve_http=False)
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
