@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
 import soundfile
 
 from sipdialer.cdr import MemorySink
 from sipdialer.config import parse_config
 from sipdialer.service import Service
-from tests.peers import ports
+from tests.lab import peak_hz, trunk_config
 from tests.peers.baresip import BaresipPhone
 from tests.peers.kamailio import KamailioTrunk
 
@@ -31,19 +30,10 @@ async def api_lab(
     tmp_path: Path, kamailio_trunk: Callable[..., KamailioTrunk]
 ) -> AsyncIterator[tuple[KamailioTrunk, Service, MemorySink]]:
     trunk = kamailio_trunk(qop=True)
-    sip = ports.free_port("both")
-    rtp = ports.free_port_range(40, "udp")
     sink = MemorySink()
     config = parse_config(
-        f"""
-[trunk]
-registrar = {trunk.host}:{trunk.port}
-domain = {trunk.domain}
-username = dialer
-password = s3cret
-[sip]
-listen = 127.0.0.1:{sip}
-rtp_ports = {rtp}-{rtp + 39}
+        trunk_config(trunk, rtp_ports=40)
+        + f"""
 [http]
 listen = 127.0.0.1:0
 [calls]
@@ -59,12 +49,6 @@ directory = {tmp_path / "recordings"}
         yield trunk, service, sink
     finally:
         await service.stop()
-        ports.release([sip, *range(rtp, rtp + 40)])
-
-
-def peak_hz(samples: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    return float(np.argmax(spectrum) * 8000 / len(samples))
 
 
 async def poll(

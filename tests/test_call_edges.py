@@ -30,6 +30,7 @@ from sipdialer.dialer import CallRequest, CallRunner
 from sipdialer.rtp.g711 import decode_ulaw, encode_ulaw
 from sipdialer.rtp.packet import HEADER
 from sipdialer.service import Service
+from tests.lab import peak_hz
 from tests.peers import ports
 from tests.peers.process import PeerProcess, tail, wait_until
 from tests.peers.require import require_binary
@@ -288,11 +289,6 @@ def audio_of(packets: list[bytes]) -> np.ndarray:
         assert p[1] & 0x7F == 0, f"unexpected payload type {p[1] & 0x7F}"
         chunks.append(decode_ulaw(p[12:]))
     return np.concatenate(chunks).astype(float) if chunks else np.zeros(0)
-
-
-def peak_hz(samples: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    return float(np.argmax(spectrum) * RATE / len(samples))
 
 
 def rms(samples: np.ndarray) -> float:

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile
 
@@ -17,7 +16,7 @@ from sipdialer.cdr import Cdr, MemorySink
 from sipdialer.config import parse_config
 from sipdialer.dialer import CallRequest, CallRunner
 from sipdialer.service import Service
-from tests.peers import ports
+from tests.lab import peak_hz, trunk_config
 from tests.peers.baresip import BaresipPhone
 from tests.peers.kamailio import KamailioTrunk
 
@@ -56,19 +55,10 @@ async def wait_state(runner: CallRunner, state: str, timeout: float = 10.0) -> f
 @pytest.fixture
 async def lab(tmp_path: Path, kamailio_trunk: Callable[..., KamailioTrunk]) -> Lab:
     trunk = kamailio_trunk(qop=True)
-    port = ports.free_port("both")
-    rtp = ports.free_port_range(200, "udp")
     sink = MemorySink()
     config = parse_config(
-        f"""
-[trunk]
-registrar = {trunk.host}:{trunk.port}
-domain = {trunk.domain}
-username = dialer
-password = s3cret
-[sip]
-listen = 127.0.0.1:{port}
-rtp_ports = {rtp}-{rtp + 199}
+        trunk_config(trunk)
+        + f"""
 [calls]
 agent_ring_timeout = 4
 callee_ring_timeout = 3
@@ -80,11 +70,6 @@ directory = {tmp_path / "recordings"}
     await service.start()
     yield Lab(trunk, service, sink)
     await service.stop()
-
-
-def peak_hz(samples: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    return float(np.argmax(spectrum) * 8000 / len(samples))
 
 
 def phones(make_phone: Callable[..., BaresipPhone], trunk: KamailioTrunk, **kw: object):

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile
 
@@ -20,6 +19,7 @@ from sipdialer.config import parse_config
 from sipdialer.dialer import CallRequest, CallRunner
 from sipdialer.registrar_runtime import RegistrarRuntime
 from sipdialer.service import Service
+from tests.lab import peak_hz, trunk_config
 from tests.peers import ports
 from tests.peers.baresip import BaresipPhone
 from tests.peers.kamailio import KamailioTrunk
@@ -48,18 +48,9 @@ class Lab:
 @pytest.fixture
 async def lab(tmp_path: Path, kamailio_trunk: Callable[..., KamailioTrunk]) -> AsyncIterator[Lab]:
     trunk = kamailio_trunk(qop=True)
-    port = ports.free_port("both")
-    rtp = ports.free_port_range(100, "udp")
     config = parse_config(
-        f"""
-[trunk]
-registrar = {trunk.host}:{trunk.port}
-domain = {trunk.domain}
-username = dialer
-password = s3cret
-[sip]
-listen = 127.0.0.1:{port}
-rtp_ports = {rtp}-{rtp + 99}
+        trunk_config(trunk, rtp_ports=100)
+        + f"""
 [calls]
 agent_ring_timeout = 5
 [recording]
@@ -85,11 +76,6 @@ async def ended(runner: CallRunner, timeout: float = 20.0) -> dict:
     await asyncio.wait_for(runner.done.wait(), timeout)
     assert runner.cdr is not None
     return runner.cdr.cdr_payload()
-
-
-def peak_hz(samples: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    return float(np.argmax(spectrum) * 8000 / len(samples))
 
 
 async def test_registered_extension_is_rung_directly(

@@ -21,7 +21,7 @@ from sipdialer.config import Config, parse_config
 from sipdialer.dialer import CallRequest, CallRunner
 from sipdialer.notify import Notifier
 from sipdialer.service import Service
-from tests.peers import ports
+from tests.lab import trunk_config
 from tests.peers.baresip import BaresipPhone
 from tests.peers.kamailio import KamailioTrunk
 from tests.peers.redis import RedisServer
@@ -134,18 +134,9 @@ async def lab(
     trunk = kamailio_trunk(qop=True)
     agent = make_phone("agent", AGENT, trunk, tone_hz=440)
     callee = make_phone("callee", CALLEE, trunk, tone_hz=1000)
-    port = ports.free_port("both")
-    rtp = ports.free_port_range(200, "udp")
     config = parse_config(
-        f"""
-[trunk]
-registrar = {trunk.host}:{trunk.port}
-domain = {trunk.domain}
-username = dialer
-password = s3cret
-[sip]
-listen = 127.0.0.1:{port}
-rtp_ports = {rtp}-{rtp + 199}
+        trunk_config(trunk)
+        + f"""
 [http]
 public_url = https://dialer.example.com
 [redis]

@@ -31,6 +31,7 @@ from sipdialer.service import Service
 from sipdialer.sip.digest import build_authorization, parse_challenge
 from sipdialer.sip.events import RequestReceived
 from sipdialer.sip.message import Request, Response, parse_message
+from tests.lab import wait_for
 from tests.peers import ports
 from tests.peers.baresip import BaresipPhone
 from tests.peers.require import in_ci
@@ -96,14 +97,6 @@ async def lab_factory() -> Any:
     yield make
     for lab in labs:
         await lab.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def stored(path: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ with and without qop; refresh before expiry; a wrong password ends in back-off."
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from sipdialer.config import parse_config
 from sipdialer.registration import RegState
 from sipdialer.service import Service
+from tests.lab import wait_for
 from tests.peers import ports
 from tests.peers.kamailio import KamailioTrunk
 
@@ -35,14 +35,6 @@ t1 = 0.1
 """
     )
     return Service(config, serve_http=False)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def state(service: Service) -> RegState:
