@@ -72,7 +72,8 @@ fmt: venv
 	$(BIN)/ruff format $(LINT_PATHS)
 	$(BIN)/ruff check --fix $(LINT_PATHS)
 
-# `sipdialer demo` says "not yet" until the demo issue lands
+# one real call over loopback: simulated trunk + phones in-process, real service and API;
+# uses a Redis at 127.0.0.1:6379 if one answers, else a built-in stand-in (see --help)
 demo: venv
 	$(BIN)/sipdialer demo
 
