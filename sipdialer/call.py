@@ -57,6 +57,7 @@ class Ev(StrEnum):
     MAX_DURATION = "max_duration"
     RTP_TIMEOUT = "rtp_timeout"
     API_HANGUP = "api_hangup"
+    INTERNAL_ERROR = "internal_error"  # we cannot go on (e.g. no RTP ports left)
 
 
 class Act(StrEnum):
@@ -103,6 +104,7 @@ TRANSITIONS: dict[tuple[CallState, Ev], _T] = {
     (_A, Ev.AGENT_RING_TIMEOUT): _T(_E, (Act.HANGUP_AGENT, Act.FINISH), ("ring_timeout", "agent")),
     (_A, Ev.API_HANGUP): _T(_E, (Act.HANGUP_AGENT, Act.FINISH), ("api_hangup", None)),
     (CallState.CREATED, Ev.API_HANGUP): _T(_E, (Act.FINISH,), ("api_hangup", None)),
+    (CallState.CREATED, Ev.INTERNAL_ERROR): _T(_E, (Act.FINISH,), ("error", None)),
     (CallState.CREATED, Ev.AGENT_NOT_REGISTERED): _T(
         _E, (Act.FINISH,), ("not_registered", "agent")
     ),

@@ -8,6 +8,7 @@ found at start-up rather than on the first call.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,6 +272,19 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
             s[key] = _number("sip", key, v, minimum=0.001)
     if (v := get("sip", "user_agent")) is not None:
         s["user_agent"] = _plain("sip", "user_agent", v)
+    listen_host = s.get("listen", SipConfig.listen)[0]  # type: ignore[index]
+    public = s.get("public_host", "")
+    if listen_host in ("0.0.0.0", "::") and not public:
+        # Via, Contact and SDP would advertise an address nobody can send to
+        raise ConfigError(
+            "[sip] public_host: required when [sip] listen is a wildcard address "
+            "(the address peers must send SIP and RTP to)"
+        )
+    if public:
+        try:
+            ipaddress.ip_address(str(public))
+        except ValueError:
+            raise ConfigError("[sip] public_host: must be an IP address") from None
 
     h: dict[str, object] = {}
     if (v := get("http", "listen")) is not None:

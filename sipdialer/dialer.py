@@ -129,10 +129,10 @@ class CallRunner:
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         try:
-            self.bridge = await Bridge.open(self.dialer.rtp_host, self.dialer.ports)
+            self.bridge = await Bridge.open(self.dialer.rtp_bind_host, self.dialer.ports)
         except Exception as exc:
             log.error("event=media_unavailable call=%s error=%s", self._tag, exc)
-            self._event(Ev.API_HANGUP, detail=f"no media ports: {exc}")
+            self._event(Ev.INTERNAL_ERROR, detail=f"no media ports: {exc}")
             return
         self._event(Ev.START)
 
@@ -460,7 +460,8 @@ class Dialer:
         self.ua = ua
         self.sink = sink
         self.sip_port = sip_port
-        self.rtp_host = config.sip.advertised_host
+        self.rtp_host = config.sip.advertised_host  # what SDP tells peers
+        self.rtp_bind_host = config.sip.listen[0]  # where the RTP sockets listen
         self.ports = PortAllocator(*config.sip.rtp_ports)
         self.ringback = ringback
         self.registrar: Registrar | None = None  # set by the service when extensions exist

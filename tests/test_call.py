@@ -68,6 +68,7 @@ def test_happy_path_actions_in_order() -> None:
             None,
         ),
         (CallState.CREATED, Ev.API_HANGUP, [Act.FINISH], "api_hangup", None),
+        (CallState.CREATED, Ev.INTERNAL_ERROR, [Act.FINISH], "error", None),
         (
             CallState.CALLEE_RINGING,
             Ev.CALLEE_FAILED,

@@ -55,6 +55,8 @@ def test_defaults_without_file_content() -> None:
         ("[sip]\nlisen = 1.2.3.4:5\n", "[sip] lisen"),
         ("[extensions]\n12 = pw\n", "[extensions] 12"),
         ("[bogus]\nx = 1\n", "[bogus]"),
+        ("[sip]\nlisten = 0.0.0.0:5060\n", "[sip] public_host"),
+        ("[sip]\nlisten = 127.0.0.1:5060\npublic_host = sip.example.com\n", "[sip] public_host"),
     ],
 )
 def test_errors_name_the_key(text: str, named: str) -> None:
