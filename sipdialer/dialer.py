@@ -29,7 +29,7 @@ from sipdialer.call import Act, Call, CallState, CallStateError, CallTimers, Ev
 from sipdialer.causes import Outcome, classify
 from sipdialer.cdr import CallRecord, Cdr, CdrSink, build_cdr
 from sipdialer.config import Config
-from sipdialer.leg import Leg, LegTarget
+from sipdialer.leg import Leg, LegState, LegTarget
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import Recorder, new_recording_ref
 from sipdialer.rtp.relay import Bridge, Codec, MediaLeg
@@ -58,6 +58,10 @@ class CallRequest:
         for name in ("agent", "callee", "outbound_id"):
             if not _NUMBER.match(getattr(self, name)):
                 raise ValueError(f"{name}: not a dialable number")
+
+
+#: Leg states whose INVITE still awaits its final response.
+_INVITE_PENDING = (LegState.CALLING, LegState.PROCEEDING, LegState.CANCELLING)
 
 
 class AgentNotRegistered(LookupError):
@@ -229,12 +233,32 @@ class CallRunner:
         return f'Q.850;cause={outcome.end_code};text="{outcome.cause_name}"'
 
     def _finish(self) -> None:
+        """The call has ended: stop its timer and media now; the CDR follows once the
+        legs we are still closing have given their final SIP status (a cancelled
+        INVITE's 487 arrives a few milliseconds later), at most ``SETTLE`` seconds."""
         assert self.call.ending is not None
         self.record.ended_at = time.time()
         self.outcome = classify(self.call.ending)
         if self._timer:
             self._timer.cancel()
             self._timer = None
+        task = asyncio.ensure_future(self._complete())
+        self.dialer._background.add(task)
+        task.add_done_callback(self.dialer._background.discard)
+
+    SETTLE = 2.0
+
+    async def _complete(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.SETTLE
+        while loop.time() < deadline and any(
+            leg.state in _INVITE_PENDING for leg in [*self.agent_forks, self.callee] if leg
+        ):
+            await asyncio.sleep(0.02)
+        assert self.outcome is not None
+        self._collect_statuses()
         self.cdr = build_cdr(self.record, self.outcome, public_url=self.dialer.public_url)
         o = self.outcome
         log.info(
@@ -246,20 +270,13 @@ class CallRunner:
             o.cause_name,
             o.end_reason,
             o.ended_by,
-            self.cdr.cdr_payload()["call_time"],
+            self.cdr.call_time,
             self.record.recording_ref or "-",
         )
         try:
             self.dialer.sink.submit(self.cdr)
         except Exception:  # the sink must never take the engine down
             log.exception("event=cdr_sink_failed call=%s", self._tag)
-        task = asyncio.ensure_future(self._release_media())
-        self.dialer._background.add(task)
-        task.add_done_callback(self.dialer._background.discard)
-
-    async def _release_media(self) -> None:
-        if self.bridge is not None:
-            await self.bridge.close()
         self.done.set()
         self.dialer._ended(self)
 
@@ -420,15 +437,32 @@ class CallRunner:
         self._point_media(leg, sdp)
 
     def leg_terminated(self, leg: Leg) -> None:
-        """Keep the leg's final SIP status (e.g. the 487 of a cancelled INVITE)."""
-        if leg.final_status is None:
-            return
-        if leg is self.agent and self.record.agent_status is None:
-            self.record.agent_status = leg.final_status
-        elif leg is self.callee and self.record.callee_status is None:
-            self.record.callee_status = leg.final_status
+        self._collect_statuses()
+
+    def _collect_statuses(self) -> None:
+        """Fill in each leg's final SIP status the record does not have yet (the 487 of a
+        cancelled INVITE, the 200 that crossed our CANCEL)."""
+        agents = [self.agent] if self.agent is not None else self.agent_forks
+        if self.record.agent_status is None:
+            for leg in agents:
+                if leg.final_status is not None:
+                    self.record.agent_status = leg.final_status
+                    break
+        callee = self.callee
+        if self.record.callee_status is None and callee is not None:
+            self.record.callee_status = callee.final_status
 
     # ---- what the API shows ----------------------------------------------------------------
+    def _cdr_view(self) -> dict[str, object] | None:
+        """The CDR once ended; in the moment between the end and the CDR's emission (the
+        legs' last final responses) a provisional one from what is known so far."""
+        if self.cdr is not None:
+            return self.cdr.cdr_payload()
+        if self.outcome is None:
+            return None
+        self._collect_statuses()
+        return build_cdr(self.record, self.outcome, public_url=self.dialer.public_url).cdr_payload()
+
     def snapshot(self) -> dict[str, object]:
         return {
             "id": self.id,
@@ -440,7 +474,7 @@ class CallRunner:
             "timeline": list(self.timeline),
             "agent_sip_status": self.record.agent_status,
             "callee_sip_status": self.record.callee_status,
-            "cdr": self.cdr.cdr_payload() if self.cdr is not None else None,
+            "cdr": self._cdr_view(),
         }
 
 

@@ -74,6 +74,8 @@ async def test_create_get_list_delete(tmp_path: Path) -> None:
         cdr = again["cdr"]
         assert cdr["end_reason"] == "api_hangup" and cdr["ended_by"] == "api"
         assert cdr["disposition"] == "NO ANSWER" and cdr["call_ref"] == "crm-42"
+        # the notified CDR follows within CallRunner.SETTLE (the cancelled INVITE's final)
+        await lab.sink.wait_async(call_id, timeout=5)
         assert lab.sink.cdrs and lab.sink.cdrs[0].call_id == call_id
 
         async with c.get("/click2dial/calls", params={"state": "ended"}) as resp:

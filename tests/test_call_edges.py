@@ -325,6 +325,7 @@ async def test_200_crossing_cancel_is_acked_and_byed(
         outcome = (p["end_code"], p["disposition"], p["end_reason"], p["ended_by"])
         assert outcome == (16, "NO ANSWER", "api_hangup", "api")
     assert p["call_time"] == 0 and p["recording_url"] is None
+    assert p["callee_sip_status"] == 200  # the final that crossed our CANCEL
 
     # the peer: CANCEL, then the ACK of its crossing 200 OK, then a BYE of that dialog
     await sipp_done(trunk)

@@ -154,6 +154,7 @@ async def test_callee_ring_timeout(lab: Lab, make_phone) -> None:
     elapsed = time.monotonic() - t_ringing
     assert (p["end_code"], p["disposition"], p["end_reason"]) == (19, "NO ANSWER", "timeout")
     assert (p["ended_by"], p["end_leg"]) == ("system", "callee")
+    assert p["callee_sip_status"] == 487  # our CANCEL's answer, waited for before the CDR
     assert elapsed <= 3 + 1.0
     # the ringing phone saw our CANCEL
     await asyncio.to_thread(ringer.wait_event, "CALL_CLOSED", 5)
@@ -182,6 +183,7 @@ async def test_agent_hangs_up_while_callee_rings(lab: Lab, make_phone) -> None:
     p = (await ended(runner)).cdr_payload()
     assert (p["end_code"], p["disposition"], p["end_reason"]) == (16, "NO ANSWER", "agent_hungup")
     assert (p["ended_by"], p["end_leg"], p["call_time"]) == ("agent", "agent", 0)
+    assert p["callee_sip_status"] == 487
     # the callee's phone saw the CANCEL: its call closed without being answered
     closed = await asyncio.to_thread(ringer.wait_event, "CALL_CLOSED", 5)
     assert closed is not None
