@@ -58,6 +58,7 @@ class Ev(StrEnum):
     RTP_TIMEOUT = "rtp_timeout"
     API_HANGUP = "api_hangup"
     INTERNAL_ERROR = "internal_error"  # we cannot go on (e.g. no RTP ports left)
+    SHUTDOWN = "shutdown"  # the service is stopping
 
 
 class Act(StrEnum):
@@ -136,6 +137,10 @@ TRANSITIONS: dict[tuple[CallState, Ev], _T] = {
     (_B, Ev.CALLEE_EARLY_MEDIA): _T(_B),  # a late 183 retransmission: nothing to do
     (_B, Ev.CALLEE_RINGING): _T(_B),
 }
+# ---- the service stops: like an API hang-up, whatever the state, but said as it is
+for (_st, _ev), _t in list(TRANSITIONS.items()):
+    if _ev is Ev.API_HANGUP:
+        TRANSITIONS[(_st, Ev.SHUTDOWN)] = _T(_t.to, _t.acts, ("shutdown", None))
 # ---- after the end: whatever crosses our teardown is absorbed (the legs answer it)
 for _ev in Ev:
     if _ev is not Ev.START:

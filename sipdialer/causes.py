@@ -130,6 +130,7 @@ EndingKind = Literal[
     "max_duration",
     "unreachable",
     "not_registered",
+    "shutdown",
     "error",
 ]
 
@@ -153,6 +154,7 @@ END_REASONS: tuple[str, ...] = (
     "rtp_timeout",
     "max_duration",
     "not_registered",
+    "shutdown",
 )
 
 # ITU-T Q.850 cause values with FreeSWITCH's names (switch_types.h, SWITCH_CAUSE_*).
@@ -437,6 +439,13 @@ def _table(ending: Ending) -> tuple[int, str, str, EndedBy]:
             CAUSE_NORMAL_CLEARING,
             _answered_or(ending.bridged, NO_ANSWER),
             "max_duration",
+            "system",
+        )
+    if kind == "shutdown":  # the service stopped (SIGTERM) while the call was up
+        return (
+            CAUSE_NORMAL_TEMPORARY_FAILURE,
+            _answered_or(ending.bridged, FAILED),
+            "shutdown",
             "system",
         )
     if kind == "unreachable":

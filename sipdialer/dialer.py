@@ -144,6 +144,10 @@ class CallRunner:
         """The API asked to end the call (idempotent)."""
         self._event(Ev.API_HANGUP)
 
+    def shut_down(self) -> None:
+        """The service is stopping: end the call (idempotent)."""
+        self._event(Ev.SHUTDOWN)
+
     @property
     def state(self) -> CallState:
         return self.call.state
@@ -521,7 +525,7 @@ class Dialer:
 
     async def close(self) -> None:
         for runner in list(self.active.values()):
-            runner.hangup()
+            runner.shut_down()
         pending = [r.done.wait() for r in list(self.active.values())]
         if pending:
             await asyncio.wait_for(asyncio.gather(*pending), 5.0)

@@ -242,6 +242,14 @@ def test_sip_reason_does_not_override() -> None:
             Outcome(16, "NORMAL_CLEARING", "NO ANSWER", "max_duration", "system"),
         ),
         (
+            Ending(kind="shutdown", leg=None, bridged=True),
+            Outcome(41, "NORMAL_TEMPORARY_FAILURE", "ANSWERED", "shutdown", "system"),
+        ),
+        (
+            Ending(kind="shutdown", leg=None, bridged=False),
+            Outcome(41, "NORMAL_TEMPORARY_FAILURE", "FAILED", "shutdown", "system"),
+        ),
+        (
             Ending(kind="unreachable", leg="callee"),
             Outcome(38, "NETWORK_OUT_OF_ORDER", "CONGESTION", "congestion", "system"),
         ),

@@ -3,16 +3,23 @@ logs structured lines, and on SIGTERM un-registers and exits 0."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
+from tests.lab import trunk_config
 from tests.peers import ports
+from tests.peers.baresip import BaresipPhone
 from tests.peers.kamailio import KamailioTrunk
+from tests.peers.redis import RedisServer
 
 
 def test_help_for_each_command() -> None:
@@ -76,3 +83,78 @@ def test_serve_registers_and_stops_cleanly_on_sigterm(
     assert trunk.lookup("dialer") == []  # un-REGISTERed on the way out
     for line in text.splitlines():  # one structured line per event
         assert " level=" in line and " event=" in line, line
+
+
+def test_sigterm_during_a_bridged_call_still_delivers_its_notifications(
+    tmp_path: Path,
+    kamailio_trunk: Callable[..., KamailioTrunk],
+    make_phone: Callable[..., BaresipPhone],
+    redis_server: RedisServer,
+) -> None:
+    """Stopping the service mid-call ends the call (BYE to both phones) and its CDR and
+    c2d document still reach Redis, said as a shutdown, not as an API hang-up."""
+    trunk = kamailio_trunk(qop=True)
+    agent = make_phone("agent", "1000", trunk, tone_hz=440)
+    callee = make_phone("callee", "0820001234", trunk, tone_hz=1000)
+    http = ports.free_port("tcp")
+    conf = tmp_path / "sip.conf"
+    conf.write_text(
+        trunk_config(trunk)
+        + f"[http]\nlisten = 127.0.0.1:{http}\n"
+        + f"[redis]\nurl = {redis_server.url}\noutbox = {tmp_path / 'outbox'}\n"
+        + f"[recording]\ndirectory = {tmp_path / 'recordings'}\n"
+    )
+    log_path = tmp_path / "serve.log"
+    base = f"http://127.0.0.1:{http}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sipdialer", "serve", "--config", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while "state=registered" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        body = json.dumps(
+            {
+                "agent": "1000",
+                "callee": "0820001234",
+                "outbound_id": "0123456789",
+                "call_ref": "term-1",
+            }
+        ).encode()
+        req = urllib.request.Request(
+            f"{base}/click2dial/calls", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 201
+            call_id = json.load(resp)["id"]
+        while True:
+            with urllib.request.urlopen(f"{base}/click2dial/calls/{call_id}", timeout=5) as r:
+                if json.load(r)["status"] == "bridged":
+                    break
+            assert time.monotonic() < deadline + 10, log_path.read_text()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    agent.wait_event("CALL_CLOSED", 5)
+    callee.wait_event("CALL_CLOSED", 5)
+    client = redis.Redis.from_url(redis_server.url)
+    cdr = client.brpop(["enigma:notifications:cdr"], timeout=5)
+    c2d = client.brpop(["enigma:notifications:c2d"], timeout=5)
+    assert cdr is not None and c2d is not None, log_path.read_text()
+    payload = json.loads(cdr[1])["payload"]
+    assert payload["call_id"] == call_id and payload["call_ref"] == "term-1"
+    outcome = (payload["disposition"], payload["end_code"], payload["end_reason"])
+    assert outcome == ("ANSWERED", 41, "shutdown")
+    assert payload["ended_by"] == "system" and payload["call_time"] >= 1
+    legacy = json.loads(c2d[1])["notifications"][0]
+    assert (legacy["call_ref"], legacy["disposition"]) == ("term-1", "ANSWERED")
+    assert not list((tmp_path / "outbox").glob("*.entry"))  # nothing left waiting
