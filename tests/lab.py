@@ -13,7 +13,9 @@ from tests.peers import ports
 from tests.peers.kamailio import KamailioTrunk
 
 
-def trunk_config(trunk: KamailioTrunk, *, rtp_ports: int = 200, extra: str = "") -> str:
+def trunk_config(
+    trunk: KamailioTrunk, *, rtp_ports: int = 200, extra: str = "", transport: str = "udp"
+) -> str:
     """``sip.conf`` text for a service registered with ``trunk`` as dialer/s3cret, on a
     free SIP port with ``rtp_ports`` free RTP ports: the [trunk] and [sip] sections; the
     caller appends its other sections."""
@@ -21,7 +23,7 @@ def trunk_config(trunk: KamailioTrunk, *, rtp_ports: int = 200, extra: str = "")
     rtp = ports.free_port_range(rtp_ports, "udp")
     return (
         f"[trunk]\nregistrar = {trunk.host}:{trunk.port}\ndomain = {trunk.domain}\n"
-        f"username = dialer\npassword = s3cret\n"
+        f"username = dialer\npassword = s3cret\ntransport = {transport}\n"
         f"[sip]\nlisten = 127.0.0.1:{sip}\nrtp_ports = {rtp}-{rtp + rtp_ports - 1}\n"
         f"{extra}"
     )

@@ -187,3 +187,36 @@ async def test_agent_hangs_up_while_callee_rings(lab: Lab, make_phone) -> None:
     # the callee's phone saw the CANCEL: its call closed without being answered
     closed = await asyncio.to_thread(ringer.wait_event, "CALL_CLOSED", 5)
     assert closed is not None
+
+
+async def test_answered_call_over_tcp_to_the_trunk(
+    tmp_path: Path, kamailio_trunk: Callable[..., KamailioTrunk], make_phone
+) -> None:
+    """The same call with [trunk] transport = tcp: INVITEs, ACK, BYE both ways over TCP."""
+    trunk = kamailio_trunk(qop=True)
+    agent, callee = phones(make_phone, trunk)
+    sink = MemorySink()
+    config = parse_config(
+        trunk_config(trunk, transport="tcp")
+        + f"[recording]\ndirectory = {tmp_path / 'recordings'}\n"
+    )
+    service = Service(config, sink=sink, serve_http=False)
+    await service.start()
+    try:
+        assert service.dialer is not None
+        runner = await service.dialer.originate(
+            CallRequest(agent=AGENT, callee=CALLEE, outbound_id=OUTBOUND, call_ref="tcp")
+        )
+        await wait_state(runner, "bridged")
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(callee.ctrl, "hangup")  # the BYE reaches us over TCP
+        p = (await ended(runner)).cdr_payload()
+        assert (p["disposition"], p["end_code"], p["end_reason"]) == (
+            "ANSWERED",
+            16,
+            "callee_hungup",
+        )
+        await asyncio.to_thread(agent.wait_event, "CALL_CLOSED", 5)
+        assert "transport=tcp" in " ".join(trunk.lookup("dialer"))
+    finally:
+        await service.stop()
