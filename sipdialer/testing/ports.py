@@ -14,12 +14,14 @@ from __future__ import annotations
 import random
 import socket
 
-__all__ = ["free_port", "free_port_range"]
+__all__ = ["bindable", "ephemeral_low", "free_port", "free_port_range"]
 
 LOWEST = 20000
 
 
-def _ephemeral_low() -> int:
+def ephemeral_low() -> int:
+    """The lowest port the kernel hands out for outgoing connections (ports below it
+    are not taken from under us by a client socket)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             return int(f.read().split()[0])
@@ -27,7 +29,9 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def _bindable(host: str, port: int, kind: int) -> bool:
+def bindable(host: str, port: int, kind: int) -> bool:
+    """Can ``port`` be bound on ``host`` for socket ``kind`` right now? (TCP with
+    SO_REUSEADDR, as servers do, so a port in TIME_WAIT counts as free.)"""
     s = socket.socket(socket.AF_INET, kind)
     try:
         if kind == socket.SOCK_STREAM:
@@ -43,12 +47,12 @@ def _bindable(host: str, port: int, kind: int) -> bool:
 def free_port(host: str = "127.0.0.1", *, tcp_too: bool = False, attempts: int = 200) -> int:
     """A UDP port (and TCP on the same number with ``tcp_too``, as a SIP listener needs)
     that binds right now, drawn at random from below the ephemeral range."""
-    top = max(_ephemeral_low() - 1, LOWEST + 1000)
+    top = max(ephemeral_low() - 1, LOWEST + 1000)
     rng = random.Random()
     for _ in range(attempts):
         port = rng.randrange(LOWEST, top)
-        if _bindable(host, port, socket.SOCK_DGRAM) and (
-            not tcp_too or _bindable(host, port, socket.SOCK_STREAM)
+        if bindable(host, port, socket.SOCK_DGRAM) and (
+            not tcp_too or bindable(host, port, socket.SOCK_STREAM)
         ):
             return port
     raise OSError(f"no free port found on {host}")
@@ -58,10 +62,10 @@ def free_port_range(count: int, host: str = "127.0.0.1", *, attempts: int = 50) 
     """``(low, high)``: ``count`` consecutive UDP ports, every even one bindable now."""
     if count < 2:
         raise ValueError("count must be at least 2")
-    top = max(_ephemeral_low() - count - 1, LOWEST + 1000)
+    top = max(ephemeral_low() - count - 1, LOWEST + 1000)
     rng = random.Random()
     for _ in range(attempts):
         low = rng.randrange(LOWEST, top) & ~1
-        if all(_bindable(host, p, socket.SOCK_DGRAM) for p in range(low, low + count, 2)):
+        if all(bindable(host, p, socket.SOCK_DGRAM) for p in range(low, low + count, 2)):
             return low, low + count - 1
     raise OSError(f"no block of {count} free UDP ports found on {host}")

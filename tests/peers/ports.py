@@ -18,6 +18,9 @@ import threading
 from collections.abc import Iterable
 from typing import Literal
 
+from sipdialer.testing.ports import bindable as _bind_check
+from sipdialer.testing.ports import ephemeral_low
+
 Kind = Literal["udp", "tcp", "both"]
 
 HOST = "127.0.0.1"
@@ -29,36 +32,19 @@ _reserved: set[int] = set()
 _rng = random.Random()
 
 
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+_HIGHEST = max(ephemeral_low() - 1, LOWEST + 2000)
 
-
-_HIGHEST = max(_ephemeral_low() - 1, LOWEST + 2000)
+_TYPES = {
+    "udp": [socket.SOCK_DGRAM],
+    "tcp": [socket.SOCK_STREAM],
+    "both": [socket.SOCK_DGRAM, socket.SOCK_STREAM],
+}
 
 
 def _bindable(port: int, kind: Kind) -> bool:
-    """True if ``port`` can be bound on 127.0.0.1 for ``kind`` right now."""
-    types = {
-        "udp": [socket.SOCK_DGRAM],
-        "tcp": [socket.SOCK_STREAM],
-        "both": [socket.SOCK_DGRAM, socket.SOCK_STREAM],
-    }[kind]
-    for t in types:
-        s = socket.socket(socket.AF_INET, t)
-        try:
-            if t == socket.SOCK_STREAM:
-                # what servers do; lets a port in TIME_WAIT count as free
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((HOST, port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
+    """True if ``port`` can be bound on 127.0.0.1 for ``kind`` right now (TCP with
+    SO_REUSEADDR, as servers do, so a port in TIME_WAIT counts as free)."""
+    return all(_bind_check(HOST, port, t) for t in _TYPES[kind])
 
 
 def _usable(port: int) -> bool:
