@@ -170,7 +170,6 @@ class Call:
     ending: Ending | None = None
     history: list[tuple[float, CallState]] = field(default_factory=list)
     _deadlines: dict[Ev, float] = field(default_factory=dict)
-    _bridged_at: float | None = None
 
     def handle(
         self,
@@ -218,7 +217,6 @@ class Call:
         elif after is CallState.CALLEE_RINGING:
             self._deadlines[Ev.CALLEE_RING_TIMEOUT] = now + self.timers.callee_ring_timeout
         elif after is CallState.BRIDGED:
-            self._bridged_at = now
             self._deadlines[Ev.MAX_DURATION] = now + self.timers.max_duration
             self._deadlines[Ev.RTP_TIMEOUT] = now + self.timers.rtp_timeout
 

@@ -545,9 +545,7 @@ class Dialer:
             raise AgentNotRegistered(request.agent)
         sip = self.config.sip
         host = sip.advertised_host
-        shown = request.callee
-        if self.config.calls.agent_caller_id == "outbound_id":
-            shown = request.outbound_id
+        shown = self._shown_to_agent(request)
         targets = []
         for b in bindings:
             transport = b.transport.upper()
@@ -565,6 +563,12 @@ class Dialer:
             )
         return targets, "extension"
 
+    def _shown_to_agent(self, request: CallRequest) -> str:
+        """The caller the agent's phone displays (``[calls] agent_caller_id``)."""
+        if self.config.calls.agent_caller_id == "outbound_id":
+            return request.outbound_id
+        return request.callee
+
     def target_for(self, leg: str, request: CallRequest) -> LegTarget:
         """Where a trunk leg's INVITE goes (the callee, or an agent dialled by number)."""
         trunk = self.config.trunk
@@ -577,10 +581,7 @@ class Dialer:
         contact = f"sip:{trunk.username or 'sipdialer'}@{sip.advertised_host}:{self.sip_port}{tp}"
         creds = (trunk.username, trunk.password) if trunk.username else None
         if leg == "agent":
-            number = request.agent
-            shown = request.callee
-            if self.config.calls.agent_caller_id == "outbound_id":
-                shown = request.outbound_id
+            number, shown = request.agent, self._shown_to_agent(request)
             extra: list[tuple[str, str]] = []
         else:
             number, shown = request.callee, request.outbound_id

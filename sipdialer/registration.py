@@ -74,7 +74,6 @@ class RegistrationClient:
         self.request_uri = f"sip:{domain}"
         self.aor = f"sip:{username}@{domain}"
         self.contact_uri = contact_uri
-        self.requested_expires = expires
         self.registrar_label = registrar_label or domain
         self._auth = ClientAuthenticator(username, password)
         self.call_id = secrets.token_hex(12)

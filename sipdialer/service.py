@@ -90,8 +90,7 @@ class TrunkRegistration:
             self._rearm()
         elif isinstance(event, TransportError):
             self.client.on_transport_error(now, "cannot reach the registrar")
-            self._rearm()
-        self._report()
+            self._rearm()  # re-arms the back-off timer and logs the state change
 
     def _rearm(self) -> None:
         if self._timer:

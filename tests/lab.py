@@ -1,5 +1,6 @@
 """What the end-to-end tests share: the service's configuration against the Kamailio test
-trunk, the FFT check of a recording's tones, and polling until a condition holds."""
+trunk, the FFT check of a recording's tones, and waiting for a condition, a call state or
+a call's CDR."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from sipdialer.cdr import Cdr
+from sipdialer.dialer import CallRunner
 from tests.peers import ports
 from tests.peers.kamailio import KamailioTrunk
 
@@ -41,3 +44,21 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def ended(runner: CallRunner, timeout: float = 20.0) -> Cdr:
+    """The CDR of ``runner``'s call once it has ended (and been handed to the sink)."""
+    await asyncio.wait_for(runner.done.wait(), timeout)
+    assert runner.cdr is not None
+    return runner.cdr
+
+
+async def wait_state(runner: CallRunner, state: str, timeout: float = 10.0) -> float:
+    """Wait until the call is in ``state``; fail at once if it ends on the way. Returns
+    the ``time.monotonic()`` at which the state was seen."""
+    deadline = time.monotonic() + timeout
+    while runner.state.value != state:
+        assert time.monotonic() < deadline, f"call stuck in {runner.state.value}"
+        assert not runner.call.ended or state == "ended", runner.snapshot()
+        await asyncio.sleep(0.01)
+    return time.monotonic()

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from sipdialer.cdr import Cdr, MemorySink
+from sipdialer.cdr import MemorySink
 from sipdialer.config import parse_config
 from sipdialer.dialer import CallRequest, CallRunner
 from sipdialer.rtp.g711 import decode_ulaw, encode_ulaw
 from sipdialer.rtp.packet import HEADER
 from sipdialer.service import Service
-from tests.lab import peak_hz
+from tests.lab import ended, peak_hz, wait_state
 from tests.peers import ports
 from tests.peers.process import PeerProcess, tail, wait_until
 from tests.peers.require import require_binary
@@ -201,21 +201,6 @@ directory = {tmp_path / "recordings"}
     for service in started:
         await service.stop()
     ports.release(reserved)
-
-
-async def ended(runner: CallRunner, timeout: float = 10.0) -> Cdr:
-    await asyncio.wait_for(runner.done.wait(), timeout)
-    assert runner.cdr is not None
-    return runner.cdr
-
-
-async def wait_state(runner: CallRunner, state: str, timeout: float = 8.0) -> float:
-    deadline = time.monotonic() + timeout
-    while runner.state.value != state:
-        assert time.monotonic() < deadline, f"call stuck in {runner.state.value}"
-        assert not runner.call.ended or state == "ended", runner.snapshot()
-        await asyncio.sleep(0.01)
-    return time.monotonic()
 
 
 async def poll(predicate: Callable[[], bool], timeout: float, message: str) -> float:

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from sipdialer.cdr import Cdr, MemorySink
+from sipdialer.cdr import MemorySink
 from sipdialer.config import parse_config
 from sipdialer.dialer import CallRequest, CallRunner
 from sipdialer.service import Service
-from tests.lab import peak_hz, trunk_config
+from tests.lab import ended, peak_hz, trunk_config, wait_state
 from tests.peers.baresip import BaresipPhone
 from tests.peers.kamailio import KamailioTrunk
 
@@ -35,21 +35,6 @@ class Lab:
         return await self.service.dialer.originate(
             CallRequest(agent=agent, callee=callee, outbound_id=OUTBOUND, call_ref="ref-1")
         )
-
-
-async def ended(runner: CallRunner, timeout: float = 20.0) -> Cdr:
-    await asyncio.wait_for(runner.done.wait(), timeout)
-    assert runner.cdr is not None
-    return runner.cdr
-
-
-async def wait_state(runner: CallRunner, state: str, timeout: float = 10.0) -> float:
-    deadline = time.monotonic() + timeout
-    while runner.state.value != state:
-        assert time.monotonic() < deadline, f"call stuck in {runner.state.value}"
-        assert not runner.call.ended or state == "ended", runner.snapshot()
-        await asyncio.sleep(0.02)
-    return time.monotonic()
 
 
 @pytest.fixture

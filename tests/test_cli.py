@@ -22,6 +22,28 @@ from tests.peers.kamailio import KamailioTrunk
 from tests.peers.redis import RedisServer
 
 
+def start_serve(conf: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """``sipdialer serve --config conf`` as a real process logging to ``serve.log`` beside
+    the configuration."""
+    log_path = conf.with_name("serve.log")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sipdialer", "serve", "--config", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    return proc, log_path
+
+
+def wait_registered(proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 10) -> None:
+    """Wait for the trunk registration's log line (the process must stay up)."""
+    deadline = time.monotonic() + timeout
+    while "state=registered" not in log_path.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.05)
+
+
 def test_help_for_each_command() -> None:
     for args in (["--help"], ["serve", "--help"], ["demo", "--help"]):
         out = subprocess.run(
@@ -57,20 +79,9 @@ def test_serve_registers_and_stops_cleanly_on_sigterm(
         f"[http]\nlisten = 127.0.0.1:0\n"
         f"[redis]\nurl = redis://127.0.0.1:1/0\noutbox = {tmp_path / 'outbox'}\n"
     )
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sipdialer", "serve", "--config", str(conf)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    proc, log_path = start_serve(conf)
     try:
-        deadline = time.monotonic() + 10
-        while "state=registered" not in log_path.read_text():
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
+        wait_registered(proc, log_path)
         assert any(f"127.0.0.1:{port}" in c for c in trunk.lookup("dialer"))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -104,20 +115,10 @@ def test_sigterm_during_a_bridged_call_still_delivers_its_notifications(
         + f"[redis]\nurl = {redis_server.url}\noutbox = {tmp_path / 'outbox'}\n"
         + f"[recording]\ndirectory = {tmp_path / 'recordings'}\n"
     )
-    log_path = tmp_path / "serve.log"
     base = f"http://127.0.0.1:{http}"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sipdialer", "serve", "--config", str(conf)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    proc, log_path = start_serve(conf)
     try:
-        deadline = time.monotonic() + 10
-        while "state=registered" not in log_path.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
+        wait_registered(proc, log_path)
         body = json.dumps(
             {
                 "agent": "1000",
@@ -132,11 +133,12 @@ def test_sigterm_during_a_bridged_call_still_delivers_its_notifications(
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 201
             call_id = json.load(resp)["id"]
+        bridged_by = time.monotonic() + 10
         while True:
             with urllib.request.urlopen(f"{base}/click2dial/calls/{call_id}", timeout=5) as r:
                 if json.load(r)["status"] == "bridged":
                     break
-            assert time.monotonic() < deadline + 10, log_path.read_text()
+            assert time.monotonic() < bridged_by, log_path.read_text()
             time.sleep(0.05)
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)

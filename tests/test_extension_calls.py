@@ -19,7 +19,7 @@ from sipdialer.config import parse_config
 from sipdialer.dialer import CallRequest, CallRunner
 from sipdialer.registrar_runtime import RegistrarRuntime
 from sipdialer.service import Service
-from tests.lab import peak_hz, trunk_config
+from tests.lab import ended, peak_hz, trunk_config, wait_state
 from tests.peers import ports
 from tests.peers.baresip import BaresipPhone
 from tests.peers.kamailio import KamailioTrunk
@@ -72,12 +72,6 @@ store = {tmp_path / "bindings.json"}
     await service.stop()
 
 
-async def ended(runner: CallRunner, timeout: float = 20.0) -> dict:
-    await asyncio.wait_for(runner.done.wait(), timeout)
-    assert runner.cdr is not None
-    return runner.cdr.cdr_payload()
-
-
 async def test_registered_extension_is_rung_directly(
     lab: Lab, make_phone: Callable[..., BaresipPhone]
 ) -> None:
@@ -86,14 +80,10 @@ async def test_registered_extension_is_rung_directly(
     )
     callee = make_phone("callee", CALLEE, lab.trunk, tone_hz=1000)
     runner = await lab.call("1001")
-    deadline = time.monotonic() + 10
-    while runner.state.value != "bridged":
-        assert time.monotonic() < deadline and not runner.call.ended, runner.snapshot()
-        await asyncio.sleep(0.02)
-    t_bridged = time.monotonic()
+    t_bridged = await wait_state(runner, "bridged")
     await asyncio.sleep(2.0)
     await asyncio.to_thread(callee.ctrl, "hangup")
-    p = await ended(runner)
+    p = (await ended(runner)).cdr_payload()
     assert (p["disposition"], p["end_code"], p["end_reason"]) == ("ANSWERED", 16, "callee_hungup")
     assert p["agent_route"] == "extension"
     assert abs(p["call_time"] - (time.monotonic() - t_bridged)) <= 1.0
@@ -115,7 +105,7 @@ async def test_unregistered_extension_is_cause_20_and_callee_never_dialled(
 ) -> None:
     callee = make_phone("callee", CALLEE, lab.trunk, tone_hz=1000)
     runner = await lab.call("1002")
-    p = await ended(runner, timeout=5)
+    p = (await ended(runner, timeout=5)).cdr_payload()
     assert (p["end_code"], p["disposition"], p["end_reason"]) == (20, "FAILED", "not_registered")
     assert p["cause_name"] == "SUBSCRIBER_ABSENT"
     assert p["agent_route"] == "extension"
@@ -137,16 +127,13 @@ async def test_two_phones_on_one_extension_fork_first_answer_wins(
     assert len(lab.runtime.registrar.lookup("1001", time.time())) == 2
     make_phone("callee", CALLEE, lab.trunk, tone_hz=1000, answer="manual")
     runner = await lab.call("1001")
-    deadline = time.monotonic() + 10
-    while runner.state.value != "callee_ringing":
-        assert time.monotonic() < deadline and not runner.call.ended, runner.snapshot()
-        await asyncio.sleep(0.02)
+    await wait_state(runner, "callee_ringing")
     assert len(runner.agent_forks) == 2
     # the soft phone answered; the ringing desk phone got a CANCEL
     await asyncio.to_thread(soft.wait_event, "CALL_ESTABLISHED", 3)
     await asyncio.to_thread(desk.wait_event, "CALL_CLOSED", 5)
     runner.hangup()
-    p = await ended(runner)
+    p = (await ended(runner)).cdr_payload()
     assert p["end_reason"] == "api_hangup" and p["agent_route"] == "extension"
 
 

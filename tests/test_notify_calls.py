@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 
 from sipdialer.cdr import Cdr
 from sipdialer.config import Config, parse_config
-from sipdialer.dialer import CallRequest, CallRunner
+from sipdialer.dialer import CallRequest
 from sipdialer.notify import Notifier
 from sipdialer.service import Service
-from tests.lab import trunk_config
+from tests.lab import ended, trunk_config, wait_state
 from tests.peers.baresip import BaresipPhone
 from tests.peers.kamailio import KamailioTrunk
 from tests.peers.redis import RedisServer
@@ -74,7 +74,7 @@ class Lab:
         runner = await self.service.dialer.originate(
             CallRequest(agent=AGENT, callee=CALLEE, outbound_id=OUTBOUND, call_ref=call_ref)
         )
-        await wait_bridged(runner)
+        await wait_state(runner, "bridged")
         await asyncio.sleep(1.0)
         if redis_dies:
             await asyncio.to_thread(self.redis_server.stop)
@@ -84,20 +84,6 @@ class Lab:
         await asyncio.to_thread(self.agent.wait_event, "CALL_CLOSED", 5)
         await asyncio.to_thread(self.callee.wait_event, "CALL_CLOSED", 5)
         return cdr
-
-
-async def wait_bridged(runner: CallRunner, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while runner.state.value != "bridged":
-        assert time.monotonic() < deadline, f"call stuck in {runner.state.value}"
-        assert not runner.call.ended, runner.snapshot()
-        await asyncio.sleep(0.02)
-
-
-async def ended(runner: CallRunner, timeout: float = 10.0) -> Cdr:
-    await asyncio.wait_for(runner.done.wait(), timeout)
-    assert runner.cdr is not None
-    return runner.cdr
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
