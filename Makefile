@@ -3,6 +3,7 @@
 #   make venv    .venv with the package installed editable + [test] extras
 #   make peers   the Debian programs the tests drive (root only; otherwise just report)
 #   make test    lint + format check + the whole pytest suite
+#   make test-unit  the pure tests only (tests/unit: no sockets, no peers; seconds)
 #   make lint    ruff check + ruff format --check
 #   make fmt     ruff format + ruff check --fix
 #   make demo    one real call end to end on loopback (`sipdialer demo`)
@@ -25,7 +26,7 @@ APT_GET ?= apt-get
 # exit 101 = "do not start services" while the packages install (kamailio, redis)
 POLICY_RC ?= /usr/sbin/policy-rc.d
 
-.PHONY: venv peers test lint fmt demo clean distclean
+.PHONY: venv peers test test-unit lint fmt demo clean distclean
 
 venv: $(STAMP)
 
@@ -63,6 +64,9 @@ test: venv peers
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/pytest -q
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)

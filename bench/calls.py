@@ -22,11 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sipdialer.cdr import MemorySink
 from sipdialer.config import parse_config
-from sipdialer.dialer import CallRequest
+from sipdialer.demo.ports import free_port, free_port_range
+from sipdialer.engine.cdr import MemorySink
+from sipdialer.engine.dialer import CallRequest
 from sipdialer.service import Service
-from sipdialer.testing.ports import free_port, free_port_range
 
 
 async def run(calls: int, rate: float, hold: float, recordings: Path) -> dict[str, object]:

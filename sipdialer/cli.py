@@ -20,6 +20,10 @@ from sipdialer.logs import configure_logging
 
 log = logging.getLogger("sipdialer")
 
+#: Where ``sipdialer demo`` looks for a real Redis before it starts its own (kept here so
+#: that building the parser imports nothing from :mod:`sipdialer.demo`).
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -51,8 +55,6 @@ def _positive_seconds(text: str) -> float:
 
 
 def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from sipdialer.demo import DEFAULT_REDIS_URL
-
     demo = sub.add_parser(
         "demo",
         help="one real call end to end on loopback (simulated trunk and phones)",
@@ -156,7 +158,7 @@ def _add_inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sipdialer.demo import DemoOptions, run_demo
+    from sipdialer.demo.command import DemoOptions, run_demo
 
     scenario = "busy" if args.callee_busy else "no-answer" if args.no_answer else "answer"
     options = DemoOptions(
@@ -176,7 +178,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from sipdialer.inspect_wav import format_report, measure_wav, plot_wav
+    from sipdialer.rtp.inspect_wav import format_report, measure_wav, plot_wav
 
     try:
         report = measure_wav(args.wav)
@@ -191,7 +193,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 async def _serve(config_path: str) -> int:
-    from sipdialer.notify import Notifier
+    from sipdialer.notify.notifier import Notifier
     from sipdialer.service import Service
 
     config = load_config(config_path)

@@ -1,1 +1,1 @@
-"""Test suite of sipdialer (a package so that ``tests.peers`` imports from the rootdir)."""
+"""Test suite of sipdialer (a package so that ``tests.fixtures`` imports from the rootdir)."""

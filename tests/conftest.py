@@ -17,12 +17,12 @@ from typing import Any, Protocol
 
 import pytest
 
-from tests.peers import ports
-from tests.peers.baresip import AnswerMode, BaresipPhone
-from tests.peers.kamailio import KamailioTrunk
-from tests.peers.process import PeerStartError
-from tests.peers.redis import RedisServer
-from tests.peers.require import require_binary
+from tests.fixtures import ports
+from tests.fixtures.baresip import AnswerMode, BaresipPhone
+from tests.fixtures.kamailio import KamailioTrunk
+from tests.fixtures.process import PeerStartError
+from tests.fixtures.redis import RedisServer
+from tests.fixtures.require import require_binary
 
 PEER_FIXTURES = {"redis_server", "kamailio_trunk", "make_trunk", "baresip_phone", "make_phone"}
 

@@ -39,6 +39,7 @@ published under (never a path).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import struct
 from pathlib import Path
@@ -304,6 +305,11 @@ def repair_wav(path: Path) -> int:
                 return frames
             pos += 8 + chunk_size + (chunk_size & 1)
         raise ValueError(f"{path}: no data chunk")
+
+
+#: A recording reference: ``secrets.token_urlsafe(16)`` makes 22 of these characters;
+#: up to 64 are accepted so that longer references stay servable.
+RECORDING_REF = re.compile(r"[A-Za-z0-9_-]{16,64}", re.ASCII)
 
 
 def new_recording_ref() -> str:

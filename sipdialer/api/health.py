@@ -1,0 +1,172 @@
+"""``GET /healthz``: is this instance ready to place calls, and what do its parts say.
+
+Ready (200) unless (503, with ``problems`` saying why):
+
+* the service registers with a trunk (``[trunk] registrar`` set, ``register = yes``) and
+  holds no binding: the state is not ``registered`` — a refresh in flight
+  (``registering``) still counts as registered while the previous binding has not
+  expired;
+* the notifier reports Redis down (``redis_ok`` false, or its ``status()`` fails) for
+  longer than ``[redis] health_grace`` seconds (default 60) — counted from the notifier's
+  ``down_since`` (Unix time) when it gives one, else from the first sample that saw it
+  down (the API samples every second). Notifications wait in the
+  disk outbox meanwhile, so a short Redis outage does not take the instance out of a
+  load balancer, a long one does.
+
+A trunk that takes no REGISTER (``register = no``) cannot be checked and counts as ready.
+``/healthz`` is served without a token (load balancers); it shows no call data.
+
+The notifier is the CDR sink the service was given; when it has a ``status()`` method
+returning a mapping with ``redis_ok``, ``outbox_depth``, ``last_error``, ``pushed_total``,
+``last_push_at``, that is shown and used. A sink without one (tests, the in-memory sink)
+shows ``null``. ``status()`` is called every second and on every ``/healthz``: it must be
+cheap and must not block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from sipdialer.api.context import CONTEXT, ApiContext
+from sipdialer.sip.registration import RegState
+
+log = logging.getLogger("sipdialer.api")
+
+__all__ = ["HEALTH", "HealthTracker", "healthz", "notifier_status", "setup"]
+
+
+def notifier_status(notifier: object) -> dict[str, Any] | None:
+    """The notifier's ``status()`` as a dict; None when it has none; ``{"error": ...}``
+    (and ``redis_ok`` false) when it raised."""
+    status = getattr(notifier, "status", None)
+    if not callable(status):
+        return None
+    try:
+        value = status()
+    except Exception as exc:
+        log.warning("event=notifier_status_failed error=%r", exc)
+        return {"redis_ok": False, "error": f"status() failed: {type(exc).__name__}"}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return {"redis_ok": None, "error": "status() returned no mapping"}
+
+
+class HealthTracker:
+    """Remembers since when the notifier has reported Redis down (monotonic seconds)."""
+
+    def __init__(self, grace: float, clock: Any = time.monotonic) -> None:
+        self.grace = grace
+        self.clock = clock
+        self.redis_down_since: float | None = None
+
+    def observe(self, status: Mapping[str, Any] | None) -> float:
+        """Record one notifier status; return for how long Redis has been down (0 if up)."""
+        now = self.clock()
+        if status is None or status.get("redis_ok") is not False:
+            self.redis_down_since = None
+            return 0.0
+        if self.redis_down_since is None:
+            self.redis_down_since = now
+        down_for = now - self.redis_down_since
+        since = status.get("down_since")  # the notifier's own record (Unix time), if any
+        if isinstance(since, (int, float)) and not isinstance(since, bool):
+            down_for = max(down_for, time.time() - since)
+        return down_for
+
+    def sample(self, ctx: ApiContext) -> None:
+        self.observe(notifier_status(ctx.notifier))
+
+
+HEALTH = web.AppKey("health", HealthTracker)
+
+
+def setup(app: web.Application) -> None:
+    app[HEALTH] = HealthTracker(app[CONTEXT].config.redis.health_grace)
+
+
+def _trunk(ctx: ApiContext, problems: list[str]) -> dict[str, Any] | None:
+    trunk = ctx.config.trunk
+    if trunk.registrar is None:
+        problems.append("no trunk configured")
+        return None
+    info: dict[str, Any] = {
+        "registrar": f"{trunk.registrar[0]}:{trunk.registrar[1]}/{trunk.transport}",
+        "register": trunk.register,
+        "state": "not_registering",
+        "registered": None,
+    }
+    st = ctx.registration()
+    if st is None:
+        return info
+    now = ctx.now()
+    bound = st.state == RegState.REGISTERED or (
+        st.state == RegState.REGISTERING and st.expires_at is not None and st.expires_at > now
+    )
+    info.update(
+        state=st.state,
+        registered=st.state == RegState.REGISTERED,
+        aor=st.aor,
+        expires_in=round(st.expires_at - now, 1) if st.expires_at is not None else None,
+        last_failure=st.last_failure,
+        failures=st.failures,
+        retry_in=(
+            round(st.next_attempt_at - now, 1)
+            if st.next_attempt_at is not None and st.state == RegState.FAILED
+            else None
+        ),
+    )
+    if not bound:
+        problems.append(f"trunk not registered ({st.state})")
+    return info
+
+
+def health_report(ctx: ApiContext, tracker: HealthTracker) -> tuple[bool, dict[str, Any]]:
+    """(ready, the JSON document)."""
+    problems: list[str] = []
+    trunk = _trunk(ctx, problems)
+    notifier = notifier_status(ctx.notifier)
+    down_for = tracker.observe(notifier)
+    if notifier is not None:
+        notifier = {str(k): _json_value(v) for k, v in notifier.items()}
+        notifier["redis_down_for"] = round(down_for, 1)
+        if down_for > tracker.grace:
+            problems.append(f"redis unreachable for {down_for:.0f} s")
+    dialer = ctx.dialer
+    doc = {
+        "status": "ok" if not problems else "unavailable",
+        "ready": not problems,
+        "problems": problems,
+        "trunk": trunk,
+        "notifier": notifier,
+        "calls": {
+            "active": len(dialer.active),
+            "max_concurrent": ctx.config.calls.max_concurrent,
+        },
+    }
+    return not problems, doc
+
+
+def _json_value(value: object) -> object:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    return str(value)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ready, doc = health_report(request.app[CONTEXT], request.app[HEALTH])
+    return web.json_response(doc, status=200 if ready else 503)

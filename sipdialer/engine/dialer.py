@@ -1,0 +1,599 @@
+"""The call engine: ``Dialer.originate()`` runs one click-to-dial call end to end.
+
+Owns the asyncio side of a call — it carries out what the pure :class:`~sipdialer.call.Call`
+state machine decides (:class:`~sipdialer.call.Act`), turns what the two
+:class:`~sipdialer.leg.Leg` objects report into call events, arms the call's one timer,
+points the media :class:`~sipdialer.rtp.relay.Bridge` at the addresses the SDP gives, and
+at the end hands exactly one :class:`~sipdialer.cdr.Cdr` to the sink.
+
+Decisions: the agent's phone shows the callee's number in From (``show_callee_to_agent``);
+the callee sees ``outbound_id`` in From and P-Asserted-Identity; numbers are dialled as
+given (``sip:0820001234@domain``); recording starts when the callee answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sipdialer.aio.useragent import UserAgent
+from sipdialer.config import Config
+from sipdialer.engine.call import Act, Call, CallState, CallStateError, CallTimers, Ev
+from sipdialer.engine.causes import Outcome, classify
+from sipdialer.engine.cdr import CallRecord, Cdr, CdrSink, build_cdr
+from sipdialer.engine.leg import Leg, LegState, LegTarget
+from sipdialer.rtp.ports import PortAllocator
+from sipdialer.rtp.recorder import Recorder, new_recording_ref
+from sipdialer.rtp.relay import Bridge, Codec, MediaLeg
+from sipdialer.sip.sdp import AudioOffer, answer_for, build_sdp
+
+if TYPE_CHECKING:
+    from sipdialer.sip.registrar import Registrar
+
+log = logging.getLogger("sipdialer.call")
+
+_NUMBER = re.compile(r"\+?[0-9]{3,20}\Z")
+SUPPORTED_CODECS = ("PCMU", "PCMA")
+OFFER_CODECS = [("PCMU", 0), ("PCMA", 8)]
+DTMF_PT = 101
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    agent: str
+    callee: str
+    outbound_id: str
+    call_ref: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("agent", "callee", "outbound_id"):
+            if not _NUMBER.match(getattr(self, name)):
+                raise ValueError(f"{name}: not a dialable number")
+
+
+#: Leg states whose INVITE still awaits its final response.
+_INVITE_PENDING = (LegState.CALLING, LegState.PROCEEDING, LegState.CANCELLING)
+
+
+class AgentNotRegistered(LookupError):
+    """The agent is a configured extension with no registered contact."""
+
+
+def _best_fork_failure(
+    failures: list[tuple[int, tuple[str, ...], bool]],
+) -> tuple[int, tuple[str, ...], bool]:
+    """The answer that speaks for a forked INVITE whose every branch failed (RFC 3261
+    §16.7, simplified): busy wins (the agent is on another call), then any real
+    response over a timeout, then the lowest status."""
+    for busy in (486, 600):
+        for f in failures:
+            if f[0] == busy:
+                return f
+    answered = [f for f in failures if not f[2]] or failures
+    return min(answered, key=lambda f: f[0])
+
+
+def codec_from_answer(sdp: AudioOffer) -> Codec | None:
+    """The codec a peer will send: the first supported payload type of its SDP."""
+    for pt in sdp.payload_types:
+        name = sdp.rtpmap.get(pt, ("", 0))[0].upper()
+        if name in SUPPORTED_CODECS:
+            return Codec(name=name, pt=pt, dtmf_pt=sdp.dtmf_pt)
+    return None
+
+
+class CallRunner:
+    """One call: the state machine, its two legs, its media and its record."""
+
+    def __init__(self, dialer: Dialer, request: CallRequest) -> None:
+        self.dialer = dialer
+        self.request = request
+        cfg = dialer.config.calls
+        self.call = Call(
+            CallTimers(
+                agent_ring_timeout=cfg.agent_ring_timeout,
+                callee_ring_timeout=cfg.callee_ring_timeout,
+                max_duration=cfg.max_duration,
+                rtp_timeout=cfg.rtp_timeout,
+            )
+        )
+        self.id = uuid.uuid4().hex
+        self.record = CallRecord(
+            id=self.id,
+            call_ref=request.call_ref,
+            agent=request.agent,
+            callee=request.callee,
+            outbound_id=request.outbound_id,
+            created_at=time.time(),
+        )
+        self.bridge: Bridge | None = None
+        self.recorder: Recorder | None = None
+        self.agent: Leg | None = None  # the agent leg that answered (or the only one)
+        self.agent_forks: list[Leg] = []  # every INVITE to the agent (one per contact)
+        self.callee: Leg | None = None
+        self.outcome: Outcome | None = None
+        self.cdr: Cdr | None = None
+        self.timeline: list[dict[str, object]] = []
+        self.done = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._session = secrets.randbelow(2**31)
+        self._sdp_version = 1
+        self._fork_failures: list[tuple[int, tuple[str, ...], bool]] = []
+        self._tag = self.id[:12]
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            self.bridge = await Bridge.open(self.dialer.rtp_bind_host, self.dialer.ports)
+        except Exception as exc:
+            log.error("event=media_unavailable call=%s error=%s", self._tag, exc)
+            self._event(Ev.INTERNAL_ERROR, detail=f"no media ports: {exc}")
+            return
+        self._event(Ev.START)
+
+    def hangup(self) -> None:
+        """The API asked to end the call (idempotent)."""
+        self._event(Ev.API_HANGUP)
+
+    def shut_down(self) -> None:
+        """The service is stopping: end the call (idempotent)."""
+        self._event(Ev.SHUTDOWN)
+
+    @property
+    def state(self) -> CallState:
+        return self.call.state
+
+    # ---- the machine ------------------------------------------------------------------------
+    def _event(
+        self,
+        ev: Ev,
+        *,
+        status: int | None = None,
+        reason: tuple[str, ...] = (),
+        detail: str = "",
+    ) -> None:
+        before = self.call.state
+        try:
+            acts = self.call.handle(ev, self._now(), status=status, reason=reason, detail=detail)
+        except CallStateError as exc:
+            log.error("event=call_state_error call=%s error=%s", self._tag, exc)
+            return
+        if self.call.state is not before:
+            self._note_state()
+        for act in acts:
+            self._do(act)
+        self._arm_timer()
+
+    def _note_state(self) -> None:
+        st = self.call.state.value
+        self.timeline.append({"at": time.time(), "state": st})
+        log.info(
+            "event=call_state call=%s state=%s agent=%s callee=%s call_ref=%s",
+            self._tag,
+            st,
+            self.request.agent,
+            self.request.callee,
+            self.request.call_ref or "-",
+        )
+
+    def _do(self, act: Act) -> None:
+        bridge = self.bridge
+        if act is Act.INVITE_AGENT:
+            self._invite_agent()
+        elif act is Act.INVITE_CALLEE:
+            self.callee = self._make_leg("callee")
+            self.record.callee_dialed_at = time.time()
+            self.record.sip_call_ids["callee"] = self.callee.call_id
+            self.callee.invite()
+        elif act is Act.START_RINGBACK:
+            if bridge is not None:
+                bridge.play_to_a(self.dialer.ringback)
+        elif act is Act.RELAY_EARLY_MEDIA:
+            if bridge is not None:
+                bridge.connect()
+        elif act is Act.BRIDGE:
+            self.record.bridged_at = time.time()
+            if bridge is not None:
+                bridge.connect()
+                self._start_recording(bridge)
+        elif act is Act.HANGUP_AGENT:
+            for leg in [self.agent] if self.agent is not None else self.agent_forks:
+                leg.hangup(self._reason_header())
+        elif act is Act.HANGUP_CALLEE:
+            if self.callee is not None:
+                self.callee.hangup(self._reason_header())
+        elif act is Act.FINISH:
+            self._finish()
+
+    def _start_recording(self, bridge: Bridge) -> None:
+        rec = self.dialer.config.recording
+        if not rec.enabled:
+            return
+        ref = new_recording_ref()
+        path = Path(rec.directory) / f"{ref}.wav"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.recorder = Recorder(path, now=self._now())
+        except OSError as exc:
+            log.error("event=recording_failed call=%s error=%s", self._tag, exc)
+            return
+        self.record.recording_ref = ref
+        bridge.start_recording(self.recorder)
+
+    def _reason_header(self) -> str:
+        ending = self.call.ending
+        if ending is None:
+            return "Q.850;cause=16"
+        outcome = classify(ending)
+        return f'Q.850;cause={outcome.end_code};text="{outcome.cause_name}"'
+
+    def _finish(self) -> None:
+        """The call has ended: stop its timer and media now; the CDR follows once the
+        legs we are still closing have given their final SIP status (a cancelled
+        INVITE's 487 arrives a few milliseconds later), at most ``SETTLE`` seconds."""
+        assert self.call.ending is not None
+        self.record.ended_at = time.time()
+        self.outcome = classify(self.call.ending)
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        task = asyncio.ensure_future(self._complete())
+        self.dialer._background.add(task)
+        task.add_done_callback(self.dialer._background.discard)
+
+    SETTLE = 2.0
+
+    async def _complete(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.SETTLE
+        while loop.time() < deadline and any(
+            leg.state in _INVITE_PENDING for leg in [*self.agent_forks, self.callee] if leg
+        ):
+            await asyncio.sleep(0.02)
+        assert self.outcome is not None
+        self._collect_statuses()
+        self.cdr = build_cdr(self.record, self.outcome, public_url=self.dialer.public_url)
+        o = self.outcome
+        log.info(
+            "event=call_ended call=%s disposition=%s end_code=%d cause=%s end_reason=%s "
+            "ended_by=%s call_time=%s recording=%s",
+            self._tag,
+            o.disposition.replace(" ", "_"),
+            o.end_code,
+            o.cause_name,
+            o.end_reason,
+            o.ended_by,
+            self.cdr.call_time,
+            self.record.recording_ref or "-",
+        )
+        try:
+            self.dialer.sink.submit(self.cdr)
+        except Exception:  # the sink must never take the engine down
+            log.exception("event=cdr_sink_failed call=%s", self._tag)
+        self.done.set()
+        self.dialer._ended(self)
+
+    # ---- timers ----------------------------------------------------------------------------
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _arm_timer(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        at = self.call.get_timer()
+        if at is not None and not self.call.ended:
+            self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        last = self.bridge.last_activity() if self.bridge is not None else None
+        before = self.call.state
+        acts = self.call.handle_timer(self._now(), last)
+        if self.call.state is not before:
+            self._note_state()
+        for act in acts:
+            self._do(act)
+        self._arm_timer()
+
+    # ---- legs ------------------------------------------------------------------------------
+    def _invite_agent(self) -> None:
+        """INVITE the agent: the trunk, or every registered contact of an extension at
+        once (parallel fork: the first to answer wins, the others are CANCELled)."""
+        try:
+            targets, route = self.dialer.agent_targets(self.request)
+        except AgentNotRegistered:
+            self.record.agent_route = "extension"
+            # a table transition of its own; runs after the current one's actions
+            asyncio.get_running_loop().call_soon(self._event, Ev.AGENT_NOT_REGISTERED)
+            return
+        self.record.agent_route = route
+        self.record.agent_dialed_at = time.time()
+        self.agent_forks = [self._make_leg("agent", target) for target in targets]
+        self.record.sip_call_ids["agent"] = self.agent_forks[0].call_id
+        if len(self.agent_forks) == 1:
+            self.agent = self.agent_forks[0]
+        for leg in self.agent_forks:
+            leg.invite()
+
+    def _is_agent(self, leg: Leg) -> bool:
+        return leg is self.agent or leg in self.agent_forks
+
+    def _make_leg(self, name: str, target: LegTarget | None = None) -> Leg:
+        assert self.bridge is not None
+        d = self.dialer
+        media = self.bridge.a if name == "agent" else self.bridge.b
+        target = target or d.target_for(name, self.request)
+        offer = build_sdp(
+            address=d.rtp_host,
+            port=media.local_port,
+            session_id=self._session,
+            version=1,
+            codecs=OFFER_CODECS,
+            dtmf_pt=DTMF_PT,
+        )
+
+        def answer_reinvite(sdp: AudioOffer | None) -> bytes | None:
+            if sdp is None:
+                return offer
+            self._sdp_version += 1  # RFC 3264 §8: every new SDP of ours gets a new version
+            return answer_for(
+                sdp,
+                address=d.rtp_host,
+                port=media.local_port,
+                session_id=self._session,
+                version=self._sdp_version,
+                supported=SUPPORTED_CODECS,
+            )
+
+        return Leg(
+            name,
+            d.ua,
+            target,
+            self,
+            sdp_offer=offer,
+            answer_reinvite=answer_reinvite,
+            call_tag=self._tag,
+        )
+
+    def _media_of(self, leg: Leg) -> MediaLeg | None:
+        if self.bridge is None:
+            return None
+        return self.bridge.a if self._is_agent(leg) else self.bridge.b
+
+    def _point_media(self, leg: Leg, sdp: AudioOffer | None) -> None:
+        media = self._media_of(leg)
+        if media is None or sdp is None or sdp.port == 0:
+            return
+        codec = codec_from_answer(sdp)
+        if codec is None:
+            return
+        media.set_remote((sdp.address, sdp.port), codec)
+        media.hold(sdp.direction in ("sendonly", "inactive") or sdp.address == "0.0.0.0")
+
+    def leg_progress(self, leg: Leg, status: int, sdp: AudioOffer | None) -> None:
+        if self._is_agent(leg):
+            self._event(Ev.AGENT_RINGING)
+            return
+        if self.record.callee_ringing_at is None:
+            self.record.callee_ringing_at = time.time()
+        if sdp is not None and sdp.port:
+            self._point_media(leg, sdp)
+            self._event(Ev.CALLEE_EARLY_MEDIA)
+        else:
+            self._event(Ev.CALLEE_RINGING)
+
+    def leg_answered(self, leg: Leg, sdp: AudioOffer | None) -> None:
+        if self._is_agent(leg):
+            if self.agent is not None and leg is not self.agent:
+                leg.hangup("Q.850;cause=26")  # another fork answered first: BYE this one
+                return
+            self.agent = leg
+            self.record.sip_call_ids["agent"] = leg.call_id
+            for other in self.agent_forks:
+                if other is not leg:
+                    other.hangup('SIP;cause=200;text="Call completed elsewhere"')
+        self._point_media(leg, sdp)
+        if leg is self.agent:
+            self.record.agent_answered_at = time.time()
+            self.record.agent_status = 200
+            self._event(Ev.AGENT_ANSWERED)
+        else:
+            self.record.callee_answered_at = time.time()
+            self.record.callee_status = 200
+            self._event(Ev.CALLEE_ANSWERED)
+
+    def leg_failed(self, leg: Leg, status: int, reason: tuple[str, ...], unreachable: bool) -> None:
+        is_agent = self._is_agent(leg)
+        if is_agent and self.agent is None:
+            # a fork failed: the agent has failed only when every fork has
+            self._fork_failures.append((status, reason, unreachable))
+            if len(self._fork_failures) < len(self.agent_forks):
+                return
+            status, reason, unreachable = _best_fork_failure(self._fork_failures)
+        if is_agent:
+            self.record.agent_status = status
+        else:
+            self.record.callee_status = status
+        if unreachable:
+            self._event(Ev.AGENT_UNREACHABLE if is_agent else Ev.CALLEE_UNREACHABLE, status=status)
+        else:
+            ev = Ev.AGENT_FAILED if is_agent else Ev.CALLEE_FAILED
+            self._event(ev, status=status, reason=reason)
+
+    def leg_bye(self, leg: Leg, reason: tuple[str, ...]) -> None:
+        if self._is_agent(leg) and leg is not self.agent:
+            return  # a losing fork
+        self._event(Ev.AGENT_BYE if leg is self.agent else Ev.CALLEE_BYE, reason=reason)
+
+    def leg_media_changed(self, leg: Leg, sdp: AudioOffer) -> None:
+        self._point_media(leg, sdp)
+
+    def leg_terminated(self, leg: Leg) -> None:
+        self._collect_statuses()
+
+    def _collect_statuses(self) -> None:
+        """Fill in each leg's final SIP status the record does not have yet (the 487 of a
+        cancelled INVITE, the 200 that crossed our CANCEL)."""
+        agents = [self.agent] if self.agent is not None else self.agent_forks
+        if self.record.agent_status is None:
+            for leg in agents:
+                if leg.final_status is not None:
+                    self.record.agent_status = leg.final_status
+                    break
+        callee = self.callee
+        if self.record.callee_status is None and callee is not None:
+            self.record.callee_status = callee.final_status
+
+    # ---- what the API shows ----------------------------------------------------------------
+    def _cdr_view(self) -> dict[str, object] | None:
+        """The CDR once ended; in the moment between the end and the CDR's emission (the
+        legs' last final responses) a provisional one from what is known so far."""
+        if self.cdr is not None:
+            return self.cdr.cdr_payload()
+        if self.outcome is None:
+            return None
+        self._collect_statuses()
+        return build_cdr(self.record, self.outcome, public_url=self.dialer.public_url).cdr_payload()
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "call_ref": self.request.call_ref,
+            "agent": self.request.agent,
+            "callee": self.request.callee,
+            "outbound_id": self.request.outbound_id,
+            "state": self.call.state.value,
+            "timeline": list(self.timeline),
+            "agent_sip_status": self.record.agent_status,
+            "callee_sip_status": self.record.callee_status,
+            "cdr": self._cdr_view(),
+        }
+
+
+class Dialer:
+    """Places calls; one per process, shared by the API."""
+
+    def __init__(
+        self,
+        config: Config,
+        ua: UserAgent,
+        sink: CdrSink,
+        *,
+        sip_port: int,
+        ringback: np.ndarray | None = None,
+    ) -> None:
+        self.config = config
+        self.ua = ua
+        self.sink = sink
+        self.sip_port = sip_port
+        self.rtp_host = config.sip.advertised_host  # what SDP tells peers
+        self.rtp_bind_host = config.sip.listen[0]  # where the RTP sockets listen
+        self.ports = PortAllocator(*config.sip.rtp_ports)
+        self.ringback = ringback
+        self.registrar: Registrar | None = None  # set by the service when extensions exist
+        self.public_url = config.http.public_url or "http://{}:{}".format(*config.http.listen)
+        self.active: dict[str, CallRunner] = {}
+        self.recent: dict[str, CallRunner] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def originate(self, request: CallRequest) -> CallRunner:
+        runner = CallRunner(self, request)
+        self.active[runner.id] = runner
+        await runner.start()
+        return runner
+
+    def get(self, call_id: str) -> CallRunner | None:
+        return self.active.get(call_id) or self.recent.get(call_id)
+
+    def _ended(self, runner: CallRunner) -> None:
+        self.active.pop(runner.id, None)
+        self.recent[runner.id] = runner
+        while len(self.recent) > 1000:
+            self.recent.pop(next(iter(self.recent)))
+
+    async def close(self) -> None:
+        for runner in list(self.active.values()):
+            runner.shut_down()
+        pending = [r.done.wait() for r in list(self.active.values())]
+        if pending:
+            await asyncio.wait_for(asyncio.gather(*pending), 5.0)
+
+    def agent_targets(self, request: CallRequest) -> tuple[list[LegTarget], str]:
+        """The agent leg's INVITE targets and route: every registered contact of an
+        extension (``"extension"``), else the trunk (``"trunk"``). Raises
+        :class:`AgentNotRegistered` for an extension without a binding, unless
+        ``[calls] unregistered_extension = trunk``."""
+        reg = self.registrar
+        if reg is None or not reg.is_extension(request.agent):
+            return [self.target_for("agent", request)], "trunk"
+        bindings = reg.lookup(request.agent, time.time())
+        if not bindings:
+            if self.config.calls.unregistered_extension == "trunk":
+                return [self.target_for("agent", request)], "trunk"
+            raise AgentNotRegistered(request.agent)
+        sip = self.config.sip
+        host = sip.advertised_host
+        shown = self._shown_to_agent(request)
+        targets = []
+        for b in bindings:
+            transport = b.transport.upper()
+            tp = ";transport=tcp" if transport == "TCP" else ""
+            targets.append(
+                LegTarget(
+                    request_uri=b.contact_uri,
+                    dest=b.target,
+                    transport=transport,
+                    from_uri=f"sip:{shown}@{host}",
+                    from_display=shown,
+                    to_uri=f"sip:{request.agent}@{host}",
+                    contact_uri=f"sip:sipdialer@{host}:{self.sip_port}{tp}",
+                )
+            )
+        return targets, "extension"
+
+    def _shown_to_agent(self, request: CallRequest) -> str:
+        """The caller the agent's phone displays (``[calls] agent_caller_id``)."""
+        if self.config.calls.agent_caller_id == "outbound_id":
+            return request.outbound_id
+        return request.callee
+
+    def target_for(self, leg: str, request: CallRequest) -> LegTarget:
+        """Where a trunk leg's INVITE goes (the callee, or an agent dialled by number)."""
+        trunk = self.config.trunk
+        sip = self.config.sip
+        if trunk.registrar is None:
+            raise RuntimeError("no [trunk] registrar configured")
+        domain = trunk.domain
+        transport = trunk.transport.upper()
+        tp = ";transport=tcp" if transport == "TCP" else ""
+        contact = f"sip:{trunk.username or 'sipdialer'}@{sip.advertised_host}:{self.sip_port}{tp}"
+        creds = (trunk.username, trunk.password) if trunk.username else None
+        if leg == "agent":
+            number, shown = request.agent, self._shown_to_agent(request)
+            extra: list[tuple[str, str]] = []
+        else:
+            number, shown = request.callee, request.outbound_id
+            extra = [("P-Asserted-Identity", f"<sip:{shown}@{domain}>")]
+        return LegTarget(
+            request_uri=f"sip:{number}@{domain}",
+            dest=trunk.registrar,
+            transport=transport,
+            from_uri=f"sip:{shown}@{domain}",
+            from_display=shown,
+            to_uri=f"sip:{number}@{domain}",
+            contact_uri=contact,
+            credentials=creds,
+            extra_headers=extra,
+        )

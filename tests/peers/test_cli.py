@@ -1,0 +1,162 @@
+"""``sipdialer serve --config FILE`` as a real process: registers with a real Kamailio,
+logs structured lines, and on SIGTERM un-registers and exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from tests.fixtures import ports
+from tests.fixtures.baresip import BaresipPhone
+from tests.fixtures.kamailio import KamailioTrunk
+from tests.fixtures.lab import trunk_config
+from tests.fixtures.redis import RedisServer
+
+
+def start_serve(conf: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """``sipdialer serve --config conf`` as a real process logging to ``serve.log`` beside
+    the configuration."""
+    log_path = conf.with_name("serve.log")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sipdialer", "serve", "--config", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    return proc, log_path
+
+
+def wait_registered(proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 10) -> None:
+    """Wait for the trunk registration's log line (the process must stay up)."""
+    deadline = time.monotonic() + timeout
+    while "state=registered" not in log_path.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.05)
+
+
+def test_help_for_each_command() -> None:
+    for args in (["--help"], ["serve", "--help"], ["demo", "--help"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "sipdialer", *args], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0, out.stderr
+        assert "usage:" in out.stdout
+
+
+def test_bad_config_names_the_key(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.conf"
+    conf.write_text("[trunk]\ntransport = carrier-pigeon\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "sipdialer", "serve", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert "[trunk] transport" in out.stderr
+
+
+def test_serve_registers_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, kamailio_trunk: Callable[..., KamailioTrunk]
+) -> None:
+    trunk = kamailio_trunk(qop=True)
+    port = ports.free_port("both")
+    conf = tmp_path / "sip.conf"
+    conf.write_text(
+        f"[trunk]\nregistrar = {trunk.host}:{trunk.port}\ndomain = trunk.test\n"
+        f"username = dialer\npassword = s3cret\n[sip]\nlisten = 127.0.0.1:{port}\n"
+        # hermetic: any free HTTP port, no real Redis, the outbox under tmp_path
+        f"[http]\nlisten = 127.0.0.1:0\n"
+        f"[redis]\nurl = redis://127.0.0.1:1/0\noutbox = {tmp_path / 'outbox'}\n"
+    )
+    proc, log_path = start_serve(conf)
+    try:
+        wait_registered(proc, log_path)
+        assert any(f"127.0.0.1:{port}" in c for c in trunk.lookup("dialer"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log_path.read_text()
+    assert "event=service_stopped" in text
+    assert "state=stopped" in text
+    assert trunk.lookup("dialer") == []  # un-REGISTERed on the way out
+    for line in text.splitlines():  # one structured line per event
+        assert " level=" in line and " event=" in line, line
+
+
+def test_sigterm_during_a_bridged_call_still_delivers_its_notifications(
+    tmp_path: Path,
+    kamailio_trunk: Callable[..., KamailioTrunk],
+    make_phone: Callable[..., BaresipPhone],
+    redis_server: RedisServer,
+) -> None:
+    """Stopping the service mid-call ends the call (BYE to both phones) and its CDR and
+    c2d document still reach Redis, said as a shutdown, not as an API hang-up."""
+    trunk = kamailio_trunk(qop=True)
+    agent = make_phone("agent", "1000", trunk, tone_hz=440)
+    callee = make_phone("callee", "0820001234", trunk, tone_hz=1000)
+    http = ports.free_port("tcp")
+    conf = tmp_path / "sip.conf"
+    conf.write_text(
+        trunk_config(trunk)
+        + f"[http]\nlisten = 127.0.0.1:{http}\n"
+        + f"[redis]\nurl = {redis_server.url}\noutbox = {tmp_path / 'outbox'}\n"
+        + f"[recording]\ndirectory = {tmp_path / 'recordings'}\n"
+    )
+    base = f"http://127.0.0.1:{http}"
+    proc, log_path = start_serve(conf)
+    try:
+        wait_registered(proc, log_path)
+        body = json.dumps(
+            {
+                "agent": "1000",
+                "callee": "0820001234",
+                "outbound_id": "0123456789",
+                "call_ref": "term-1",
+            }
+        ).encode()
+        req = urllib.request.Request(
+            f"{base}/click2dial/calls", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 201
+            call_id = json.load(resp)["id"]
+        bridged_by = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"{base}/click2dial/calls/{call_id}", timeout=5) as r:
+                if json.load(r)["status"] == "bridged":
+                    break
+            assert time.monotonic() < bridged_by, log_path.read_text()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    agent.wait_event("CALL_CLOSED", 5)
+    callee.wait_event("CALL_CLOSED", 5)
+    client = redis.Redis.from_url(redis_server.url)
+    cdr = client.brpop(["enigma:notifications:cdr"], timeout=5)
+    c2d = client.brpop(["enigma:notifications:c2d"], timeout=5)
+    assert cdr is not None and c2d is not None, log_path.read_text()
+    payload = json.loads(cdr[1])["payload"]
+    assert payload["call_id"] == call_id and payload["call_ref"] == "term-1"
+    outcome = (payload["disposition"], payload["end_code"], payload["end_reason"])
+    assert outcome == ("ANSWERED", 41, "shutdown")
+    assert payload["ended_by"] == "system" and payload["call_time"] >= 1
+    legacy = json.loads(c2d[1])["notifications"][0]
+    assert (legacy["call_ref"], legacy["disposition"]) == ("term-1", "ANSWERED")
+    assert not list((tmp_path / "outbox").glob("*.entry"))  # nothing left waiting

@@ -1,0 +1,563 @@
+"""The pure registrar, driven with a fake clock and hand-made REGISTERs (the live tests in
+test_registrar_live.py check the same against a real baresip phone and svwar)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+
+import pytest
+
+from sipdialer.sip.digest import build_authorization, parse_challenge
+from sipdialer.sip.message import Request
+from sipdialer.sip.registrar import Binding, Registrar, Reply
+
+T0 = 1_700_000_000.0
+PASSWORDS = {"1001": "secret-1001", "1002": "secret-1002"}
+ADDR = ("192.0.2.10", 40000)
+
+
+def make_registrar(**kw: object) -> Registrar:
+    return Registrar(dict(PASSWORDS), realm="sipdialer", secret=b"k" * 32, **kw)  # type: ignore[arg-type]
+
+
+def challenge_of(reply: Reply, algorithm: str = "SHA-256") -> str:
+    values = [v for n, v in reply.headers if n == "WWW-Authenticate"]
+    return next(v for v in values if f"algorithm={algorithm}" in v)
+
+
+def render(reply: Reply) -> bytes:
+    """The part of the wire response the registrar decides, with nonces masked."""
+    lines = [f"SIP/2.0 {reply.status} {reply.reason}"]
+    lines += [f"{n}: {v}" for n, v in reply.headers]
+    return re.sub(r'nonce="[^"]*"', 'nonce="…"', "\r\n".join(lines)).encode()
+
+
+class Phone:
+    """A REGISTER client for one extension: fresh challenge, then credentials."""
+
+    def __init__(
+        self,
+        registrar: Registrar,
+        user: str = "1001",
+        password: str | None = None,
+        *,
+        source: tuple[str, int] = ADDR,
+        call_id: str = "call-1@192.0.2.10",
+        contact: str = "<sip:1001@10.0.0.5:5062>",
+        auth_user: str | None = None,
+        algorithm: str = "SHA-256",
+    ) -> None:
+        self.registrar = registrar
+        self.user = user
+        self.password = password if password is not None else PASSWORDS.get(user, "x")
+        self.auth_user = auth_user or user
+        self.source = source
+        self.call_id = call_id
+        self.contact = contact
+        self.algorithm = algorithm
+        self.cseq = 0
+
+    def request(
+        self,
+        contacts: Iterable[str] | None = None,
+        *,
+        expires: int | str | None = None,
+        authorization: str | None = None,
+        cseq: int | None = None,
+    ) -> Request:
+        if cseq is None:
+            self.cseq += 1
+            cseq = self.cseq
+        headers = [
+            ("Via", f"SIP/2.0/UDP {self.source[0]}:{self.source[1]};branch=z9hG4bK{cseq}x"),
+            ("From", f"<sip:{self.user}@pbx.test>;tag=f{self.user}"),
+            ("To", f"<sip:{self.user}@pbx.test>"),
+            ("Call-ID", self.call_id),
+            ("CSeq", f"{cseq} REGISTER"),
+            ("User-Agent", "TestPhone/1.0"),
+        ]
+        for contact in [self.contact] if contacts is None else contacts:
+            headers.append(("Contact", contact))
+        if expires is not None:
+            headers.append(("Expires", str(expires)))
+        if authorization is not None:
+            headers.append(("Authorization", authorization))
+        return Request("REGISTER", "sip:pbx.test", headers)
+
+    def send(self, request: Request, now: float) -> Reply:
+        return self.registrar.handle(request, self.source, "UDP", now)
+
+    def authorization(self, reply: Reply, uri: str = "sip:pbx.test", nc: int = 1) -> str:
+        assert reply.status == 401, reply
+        return build_authorization(
+            parse_challenge(challenge_of(reply, self.algorithm)),
+            method="REGISTER",
+            uri=uri,
+            username=self.auth_user,
+            password=self.password,
+            nc=nc,
+        )
+
+    def register(
+        self,
+        now: float = T0,
+        contacts: Iterable[str] | None = None,
+        *,
+        expires: int | str | None = None,
+        cseq: int | None = None,
+    ) -> Reply:
+        challenge = self.send(self.request(contacts, expires=expires), now)
+        auth = self.authorization(challenge)
+        request = self.request(contacts, expires=expires, authorization=auth, cseq=cseq)
+        return self.send(request, now)
+
+
+def contacts_of(reply: Reply) -> list[str]:
+    return [v for n, v in reply.headers if n == "Contact"]
+
+
+# ---- challenge, register, lookup ------------------------------------------------------------
+
+
+def test_challenge_lists_sha256_then_md5_with_qop() -> None:
+    reg = make_registrar()
+    reply = Phone(reg).send(Phone(reg).request(), T0)
+    assert (reply.status, reply.reason) == (401, "Unauthorized")
+    values = [v for n, v in reply.headers if n == "WWW-Authenticate"]
+    assert [parse_challenge(v).algorithm for v in values] == ["SHA-256", "MD5"]
+    assert all(parse_challenge(v).qop == ("auth",) for v in values)
+    assert all(parse_challenge(v).realm == "sipdialer" for v in values)
+    assert reg.lookup("1001", T0) == []
+
+
+@pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
+def test_register_then_lookup(algorithm: str) -> None:
+    reg = make_registrar()
+    phone = Phone(reg, algorithm=algorithm)
+    reply = phone.register(T0)
+    assert (reply.status, reply.reason) == (200, "OK")
+    assert contacts_of(reply) == ["<sip:1001@10.0.0.5:5062>;expires=3600"]
+    assert dict(reply.headers)["Date"] == "Tue, 14 Nov 2023 22:13:20 GMT"
+    [binding] = reg.lookup("1001", T0 + 1)
+    assert binding.extension == "1001"
+    assert binding.contact_uri == "sip:1001@10.0.0.5:5062"
+    assert binding.target == ADDR  # the source address, not the Contact's host
+    assert binding.transport == "UDP"
+    assert binding.expires_at == T0 + 3600
+    assert (binding.call_id, binding.cseq) == ("call-1@192.0.2.10", 2)
+    assert binding.user_agent == "TestPhone/1.0"
+    assert binding.registered_at == binding.refreshed_at == T0
+    assert reg.lookup("1002", T0) == []
+    assert reg.is_extension("1001") and reg.is_extension("1002")
+    assert not reg.is_extension("1003")
+    assert reg.bindings(T0) == [binding]
+
+
+def test_register_over_tcp_keeps_the_transport() -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    auth = phone.authorization(phone.send(phone.request(), T0))
+    reply = reg.handle(phone.request(authorization=auth), ("192.0.2.10", 50123), "tcp", T0)
+    assert reply.status == 200
+    [binding] = reg.lookup("1001", T0)
+    assert (binding.transport, binding.target) == ("TCP", ("192.0.2.10", 50123))
+
+
+def test_query_without_contact_lists_bindings() -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    phone.register(T0)
+    reply = phone.register(T0 + 100, contacts=[])
+    assert reply.status == 200
+    assert contacts_of(reply) == ["<sip:1001@10.0.0.5:5062>;expires=3500"]
+
+
+# ---- nonces -----------------------------------------------------------------------------------
+
+
+def test_stale_nonce_gets_stale_challenge_and_is_no_failure() -> None:
+    reg = make_registrar(nonce_ttl=30)
+    phone = Phone(reg)
+    auth = phone.authorization(phone.send(phone.request(), T0))
+    reply = phone.send(phone.request(authorization=auth), T0 + 31)
+    assert reply.status == 401
+    assert all(parse_challenge(v).stale for n, v in reply.headers if n == "WWW-Authenticate")
+    assert reg.stats["auth_failed"] == 0
+    retry = phone.send(phone.request(authorization=phone.authorization(reply)), T0 + 31)
+    assert retry.status == 200
+
+
+def test_foreign_nonce_gets_stale_challenge() -> None:
+    """A nonce we did not issue (e.g. from before a restart with a new secret)."""
+    other = Registrar(dict(PASSWORDS), realm="sipdialer", secret=b"o" * 32)
+    reg = make_registrar()
+    phone = Phone(reg)
+    auth = phone.authorization(Phone(other).send(phone.request(), T0))
+    reply = phone.send(phone.request(authorization=auth), T0)
+    assert reply.status == 401
+    assert parse_challenge(challenge_of(reply)).stale
+    assert reg.stats["auth_failed"] == 0
+
+
+def test_replayed_credentials_fail() -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    auth = phone.authorization(phone.send(phone.request(), T0))
+    assert phone.send(phone.request(authorization=auth), T0).status == 200
+    replay = phone.send(phone.request(authorization=auth), T0 + 1)
+    assert replay.status == 401
+    assert reg.stats["auth_failed"] == 1
+
+
+def test_credentials_for_another_realm_are_ignored() -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    foreign = 'Digest username="1001", realm="other", nonce="n", uri="sip:pbx.test", response="0"'
+    reply = phone.send(phone.request(authorization=foreign), T0)
+    assert reply.status == 401 and not parse_challenge(challenge_of(reply)).stale
+    assert reg.stats["auth_failed"] == 0
+
+
+# ---- who may register what ------------------------------------------------------------------
+
+
+def test_unknown_extension_and_wrong_password_answer_identically() -> None:
+    reg = make_registrar()
+    wrong = Phone(reg, "1001", "not-the-password")
+    unknown = Phone(reg, "1009", "whatever")
+    # without credentials: the same challenge for a known and an unknown AOR
+    first_wrong = wrong.send(wrong.request(), T0)
+    first_unknown = unknown.send(unknown.request(), T0)
+    assert render(first_wrong) == render(first_unknown)
+    # with credentials: a fresh (non-stale) challenge for both, nothing else
+    reply_wrong = wrong.send(wrong.request(authorization=wrong.authorization(first_wrong)), T0)
+    reply_unknown = unknown.send(
+        unknown.request(authorization=unknown.authorization(first_unknown)), T0
+    )
+    assert reply_wrong.status == 401
+    assert render(reply_wrong) == render(reply_unknown)
+    assert challenge_of(reply_wrong) != challenge_of(reply_unknown)  # only the nonce differs
+    assert render(reply_wrong) == render(first_wrong)
+    assert reg.bindings(T0) == []
+    assert reg.stats["auth_failed"] == 2
+
+
+def test_auth_failure_log_names_known_extensions_only(caplog: pytest.LogCaptureFixture) -> None:
+    reg = make_registrar()
+    caplog.set_level(logging.INFO, logger="sipdialer.registrar")
+    for user, password in (("1001", "bad-pass-1"), ("7777", "bad-pass-2")):
+        p = Phone(reg, user, password)
+        p.send(p.request(authorization=p.authorization(p.send(p.request(), T0))), T0)
+    lines = [r.getMessage() for r in caplog.records if "registrar_auth_failed" in r.getMessage()]
+    assert len(lines) == 2
+    assert "ext=1001" in lines[0] and "source=192.0.2.10:40000" in lines[0]
+    assert "ext=unknown" in lines[1] and "7777" not in lines[1]
+    assert not any("bad-pass" in r.getMessage() for r in caplog.records)
+
+
+def test_aor_must_be_the_authenticated_user() -> None:
+    reg = make_registrar()
+    for to_user in ("1002", "1009"):
+        phone = Phone(reg, to_user, auth_user="1001", password=PASSWORDS["1001"])
+        reply = phone.register(T0)
+        assert (reply.status, reply.reason) == (403, "Forbidden")
+    assert reg.bindings(T0) == []
+    assert reg.stats["auth_failed"] == 0
+
+
+# ---- expiry values --------------------------------------------------------------------------
+
+
+def test_too_brief_interval_gets_423_with_min_expires() -> None:
+    reg = make_registrar(min_expires=60)
+    phone = Phone(reg)
+    reply = phone.register(T0, expires=30)
+    assert (reply.status, reply.reason) == (423, "Interval Too Brief")
+    assert dict(reply.headers) == {"Min-Expires": "60"}
+    # the contact's own expires parameter wins over the header
+    reply = phone.register(T0, ["<sip:1001@10.0.0.5:5062>;expires=59"], expires=3600)
+    assert reply.status == 423
+    assert reg.bindings(T0) == []
+    assert phone.register(T0, expires=60).status == 200
+
+
+def test_long_interval_is_clamped_to_max() -> None:
+    reg = make_registrar(max_expires=1800)
+    phone = Phone(reg)
+    reply = phone.register(T0, expires=100_000)
+    assert contacts_of(reply) == ["<sip:1001@10.0.0.5:5062>;expires=1800"]
+    assert reg.lookup("1001", T0)[0].expires_at == T0 + 1800
+    reply = phone.register(T0, ["<sip:1001@10.0.0.5:5062>;expires=99999999999999"])
+    assert contacts_of(reply) == ["<sip:1001@10.0.0.5:5062>;expires=1800"]
+
+
+def test_expires_zero_removes_one_contact() -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    a, b = "<sip:1001@10.0.0.5:5062>", "<sip:1001@10.0.0.5:5064>"
+    phone.register(T0, [a, b])
+    assert len(reg.lookup("1001", T0)) == 2
+    reply = phone.register(T0 + 1, [f"{a};expires=0"])
+    assert contacts_of(reply) == [f"{b};expires=3599"]
+    reply = phone.register(T0 + 2, [b], expires=0)
+    assert contacts_of(reply) == []
+    assert reg.lookup("1001", T0 + 2) == []
+
+
+def test_star_removes_all_contacts() -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    other = Phone(reg, call_id="call-2", contact="<sip:1001@10.0.0.6:5060>")
+    phone.register(T0)
+    other.register(T0)
+    assert len(reg.lookup("1001", T0)) == 2
+    reply = phone.register(T0 + 1, ["*"], expires=0)
+    assert reply.status == 200 and contacts_of(reply) == []
+    assert reg.lookup("1001", T0 + 1) == []
+
+
+@pytest.mark.parametrize(
+    ("contacts", "expires"),
+    [(["*"], None), (["*"], 60), (["*", "<sip:1001@10.0.0.5:5062>"], 0)],
+    ids=["no-expires", "expires-60", "mixed"],
+)
+def test_star_misuse_is_400(contacts: list[str], expires: int | None) -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    phone.register(T0)
+    reply = phone.register(T0 + 1, contacts, expires=expires)
+    assert reply.status == 400
+    assert len(reg.lookup("1001", T0 + 1)) == 1
+
+
+def test_bad_contact_is_400() -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    for contact in ("<tel:+27820001234>", "<sip:1001@10.0.0.5:5062", '"unterminated <sip:x@y>'):
+        assert phone.register(T0, [contact]).status == 400
+    assert reg.bindings(T0) == []
+
+
+# ---- several contacts ---------------------------------------------------------------------
+
+
+def test_two_phones_one_extension() -> None:
+    reg = make_registrar()
+    desk = Phone(reg, call_id="desk", contact="<sip:1001@10.0.0.5:5062>")
+    soft = Phone(
+        reg, call_id="soft", contact="<sip:1001@10.0.0.9:5060>", source=("192.0.2.99", 5060)
+    )
+    desk.register(T0)
+    reply = soft.register(T0 + 10)
+    assert contacts_of(reply) == [
+        "<sip:1001@10.0.0.9:5060>;expires=3600",
+        "<sip:1001@10.0.0.5:5062>;expires=3590",
+    ]
+    assert [b.target for b in reg.lookup("1001", T0 + 10)] == [("192.0.2.99", 5060), ADDR]
+
+
+def test_same_contact_refreshes_in_place() -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    phone.register(T0)
+    phone.register(T0 + 1000, ["<SIP:1001@10.0.0.5:5062>"])  # same URI, other spelling
+    [binding] = reg.lookup("1001", T0 + 1000)
+    assert binding.registered_at == T0
+    assert binding.refreshed_at == T0 + 1000
+    assert binding.expires_at == T0 + 4600
+    assert binding.cseq == 4
+
+
+def test_instance_id_replaces_a_binding_whose_port_changed() -> None:
+    reg = make_registrar()
+    instance = ';+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>";reg-id=1'
+    phone = Phone(reg, contact=f"<sip:1001@10.0.0.5:5062;ob>{instance}")
+    phone.register(T0)
+    rebooted = Phone(reg, call_id="after-reboot", contact=f"<sip:1001@10.0.0.5:6000;ob>{instance}")
+    reply = rebooted.register(T0 + 5)
+    [binding] = reg.lookup("1001", T0 + 5)
+    assert binding.contact_uri == "sip:1001@10.0.0.5:6000;ob"
+    assert binding.instance == "<urn:uuid:00000000-0000-0000-0000-000000000001>"
+    assert (binding.reg_id, binding.outbound) == ("1", True)
+    assert contacts_of(reply) == [f"<sip:1001@10.0.0.5:6000;ob>;expires=3600{instance}"]
+
+
+def test_max_contacts_drops_the_least_recently_refreshed() -> None:
+    reg = make_registrar(max_contacts=2)
+    phones = [
+        Phone(reg, call_id=f"c{i}", contact=f"<sip:1001@10.0.0.{i}:5060>") for i in range(1, 4)
+    ]
+    phones[0].register(T0)
+    phones[1].register(T0 + 1)
+    phones[0].register(T0 + 2)  # refresh: now phone 1 is the oldest
+    phones[2].register(T0 + 3)
+    uris = [b.contact_uri for b in reg.lookup("1001", T0 + 3)]
+    assert uris == ["sip:1001@10.0.0.3:5060", "sip:1001@10.0.0.1:5060"]
+    assert reg.stats["unbound_max_contacts"] == 1
+
+
+# ---- RFC 3261 §10.3 ordering ---------------------------------------------------------------
+
+
+def test_out_of_order_cseq_is_refused_and_changes_nothing() -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    assert phone.register(T0, cseq=10).status == 200
+    before = reg.lookup("1001", T0)
+    for cseq in (9, 10):
+        reply = phone.register(T0 + 5, ["<sip:1001@10.0.0.5:5062>"], expires=0, cseq=cseq)
+        assert (reply.status, reply.reason) == (400, "Invalid CSeq number")
+    assert reg.lookup("1001", T0 + 5) == before
+    # a new Call-ID (the phone rebooted) may start again from a low CSeq
+    rebooted = Phone(reg, call_id="call-after-reboot")
+    assert rebooted.register(T0 + 6).status == 200
+    assert reg.lookup("1001", T0 + 6)[0].call_id == "call-after-reboot"
+
+
+# ---- expiry ---------------------------------------------------------------------------------
+
+
+def test_binding_lapses_after_its_expiry(caplog: pytest.LogCaptureFixture) -> None:
+    reg = make_registrar()
+    caplog.set_level(logging.INFO, logger="sipdialer.registrar")
+    Phone(reg).register(T0, expires=60)
+    assert reg.next_timer() is not None
+    assert reg.lookup("1001", T0 + 59)
+    assert reg.expire(T0 + 59) == []
+    assert reg.lookup("1001", T0 + 60.5) == []  # gone for lookups at once
+    generation = reg.generation
+    [gone] = reg.expire(T0 + 61)
+    assert gone.extension == "1001" and reg.generation > generation
+    assert reg.dump()["bindings"] == []
+    unbound = [r.getMessage() for r in caplog.records if "registrar_unbound" in r.getMessage()]
+    assert unbound == [
+        "event=registrar_unbound ext=1001 contact=sip:1001@10.0.0.5:5062 "
+        "source=192.0.2.10:40000 reason=expired"
+    ]
+    bound = [r.getMessage() for r in caplog.records if "registrar_bound" in r.getMessage()]
+    assert bound == [
+        "event=registrar_bound ext=1001 contact=sip:1001@10.0.0.5:5062 "
+        "source=192.0.2.10:40000 transport=UDP expires=60"
+    ]
+
+
+# ---- throttle -------------------------------------------------------------------------------
+
+
+def fail_once(reg: Registrar, source: tuple[str, int], now: float, user: str = "1001") -> Reply:
+    p = Phone(reg, user, "wrong", source=source)
+    return p.send(p.request(authorization=p.authorization(p.send(p.request(), now))), now)
+
+
+def test_throttle_after_ten_failures_then_cooldown(caplog: pytest.LogCaptureFixture) -> None:
+    reg = make_registrar()
+    caplog.set_level(logging.INFO, logger="sipdialer.registrar")
+    attacker = ("198.51.100.7", 5060)
+    for i in range(10):
+        user = "1001" if i % 2 else "9999"  # known and unknown users count alike
+        assert fail_once(reg, attacker, T0 + i, user).status == 401
+    # blocked: everything from that IP (any port), even right credentials, gets 403
+    for port in (5060, 5070):
+        good = Phone(reg, source=(attacker[0], port))
+        assert good.send(good.request(), T0 + 11) == Reply(403, "Forbidden")
+        challenge = Phone(reg, source=("192.0.2.1", 1)).send(good.request(), T0 + 12)
+        right = good.request(authorization=good.authorization(challenge))
+        assert good.send(right, T0 + 12) == Reply(403, "Forbidden")
+    # other IPs are unaffected
+    assert Phone(reg).register(T0 + 14).status == 200
+    throttled = [r for r in caplog.records if "registrar_throttled" in r.getMessage()]
+    assert len(throttled) == 1 and "source=198.51.100.7" in throttled[0].getMessage()
+    # the cool-down lifts 300 s after the tenth failure
+    late = Phone(reg, source=attacker, call_id="later")
+    assert late.send(late.request(), T0 + 9 + 299).status == 403
+    assert late.register(T0 + 9 + 300).status == 200
+
+
+def test_failures_spread_over_more_than_the_window_do_not_throttle() -> None:
+    reg = make_registrar()
+    source = ("198.51.100.8", 5060)
+    for i in range(9):
+        fail_once(reg, source, T0 + i)
+    for i in range(9):
+        assert fail_once(reg, source, T0 + 61 + i).status == 401
+    assert Phone(reg, source=source).register(T0 + 80).status == 200
+    reg.expire(T0 + 10_000)
+    assert reg._sources == {}  # idle throttle state is forgotten
+
+
+# ---- keep-alive -----------------------------------------------------------------------------
+
+
+def test_keepalives_for_udp_bindings_and_unreachable_drop() -> None:
+    reg = make_registrar(keepalive_interval=25, keepalive_max_failures=2)
+    udp = Phone(reg)
+    udp.register(T0)
+    tcp = Phone(reg, "1002", call_id="tcp")
+    auth = tcp.authorization(tcp.send(tcp.request(), T0))
+    reg.handle(tcp.request(authorization=auth), ("192.0.2.20", 41000), "TCP", T0)
+    assert reg.keepalive_due(T0 + 24) == []
+    [due] = reg.keepalive_due(T0 + 25)
+    assert due.extension == "1001"
+    assert reg.keepalive_due(T0 + 60) == []  # one outstanding at a time
+    assert reg.keepalive_result(due, True, T0 + 26) is None
+    [due] = reg.keepalive_due(T0 + 50)
+    assert reg.keepalive_result(due, False, T0 + 82) is None
+    [due] = reg.keepalive_due(T0 + 82)
+    assert reg.keepalive_result(due, False, T0 + 114) == due
+    assert reg.lookup("1001", T0 + 114) == []
+    assert reg.stats["unbound_unreachable"] == 1
+    assert [b.extension for b in reg.bindings(T0 + 114)] == ["1002"]
+
+
+def test_register_resets_keepalive_failures() -> None:
+    reg = make_registrar(keepalive_interval=25, keepalive_max_failures=2)
+    phone = Phone(reg)
+    phone.register(T0)
+    [due] = reg.keepalive_due(T0 + 25)
+    reg.keepalive_result(due, False, T0 + 57)
+    phone.register(T0 + 58)
+    [due] = reg.keepalive_due(T0 + 60)
+    assert reg.keepalive_result(due, False, T0 + 92) is None
+    assert reg.lookup("1001", T0 + 92)
+
+
+# ---- persistence --------------------------------------------------------------------------
+
+
+def test_dump_load_round_trip_drops_expired() -> None:
+    reg = make_registrar()
+    Phone(reg).register(T0, expires=3600)
+    Phone(reg, "1002", call_id="c2", contact="<sip:1002@10.0.0.7>").register(T0, expires=120)
+    data = json.loads(json.dumps(reg.dump()))
+
+    later = make_registrar()
+    assert later.load(data, T0 + 60) == 2
+    assert [b.to_dict() for b in later.bindings(T0 + 60)] == [
+        b.to_dict() for b in reg.bindings(T0 + 60)
+    ]
+    restored = make_registrar()
+    assert restored.load(data, T0 + 121) == 1
+    [binding] = restored.bindings(T0 + 121)
+    assert binding == reg.lookup("1001", T0)[0]
+    assert isinstance(binding, Binding) and binding.target == ADDR
+    # a restored binding keeps its Call-ID/CSeq: an old REGISTER is still out of order
+    phone = Phone(restored)
+    assert phone.register(T0 + 122, cseq=1).status == 400
+    # keep-alives resume for restored UDP bindings
+    assert restored.keepalive_due(T0 + 121 + 25)
+
+
+def test_load_skips_removed_extensions_and_bad_entries() -> None:
+    reg = make_registrar()
+    Phone(reg).register(T0)
+    Phone(reg, "1002", call_id="c2").register(T0)
+    data = reg.dump()
+    data["bindings"].append({"extension": "1001", "source": "nonsense"})
+    fewer = Registrar({"1001": "secret-1001"}, realm="sipdialer", secret=b"k" * 32)
+    assert fewer.load(data, T0) == 1
+    assert [b.extension for b in fewer.bindings(T0)] == ["1001"]
+    with pytest.raises(ValueError):
+        fewer.load({"version": 99, "bindings": []}, T0)
