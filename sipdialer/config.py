@@ -13,12 +13,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sipdialer.errors import SipdialerError
+
 HostPort = tuple[str, int]
 
 _EXTENSION = re.compile(r"[0-9]{3,4}\Z")
 
 
-class ConfigError(ValueError):
+class ConfigError(SipdialerError, ValueError):
     """An invalid configuration file; the message names the section and key."""
 
 

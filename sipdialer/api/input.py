@@ -26,6 +26,8 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from sipdialer.errors import SipdialerError
+
 __all__ = ["FieldValues", "MalformedRequest", "query_fields", "read_call_fields"]
 
 FieldValues = dict[str, list[object]]
@@ -34,7 +36,7 @@ FieldValues = dict[str, list[object]]
 MAX_FIELDS = 64
 
 
-class MalformedRequest(Exception):
+class MalformedRequest(SipdialerError):
     """The request cannot be read; ``status`` is 400 or 415."""
 
     def __init__(self, status: int, error: str, detail: str) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from sipdialer.engine.causes import Ending
+from sipdialer.engine.errors import EngineError
 
 
 class CallState(StrEnum):
@@ -149,7 +150,7 @@ for _ev in Ev:
 TRANSITIONS[(_C, Ev.AGENT_RINGING)] = _T(_C)
 
 
-class CallStateError(RuntimeError):
+class CallStateError(EngineError, RuntimeError):
     """An event the table does not allow in the current state (an engine bug)."""
 
 

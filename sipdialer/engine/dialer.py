@@ -30,6 +30,7 @@ from sipdialer.config import Config
 from sipdialer.engine.call import Act, Call, CallState, CallStateError, CallTimers, Ev
 from sipdialer.engine.causes import Outcome, classify
 from sipdialer.engine.cdr import CallRecord, Cdr, CdrSink, build_cdr
+from sipdialer.engine.errors import EngineError
 from sipdialer.engine.leg import Leg, LegState, LegTarget
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import Recorder, new_recording_ref
@@ -64,7 +65,7 @@ class CallRequest:
 _INVITE_PENDING = (LegState.CALLING, LegState.PROCEEDING, LegState.CANCELLING)
 
 
-class AgentNotRegistered(LookupError):
+class AgentNotRegistered(EngineError, LookupError):
     """The agent is a configured extension with no registered contact."""
 
 

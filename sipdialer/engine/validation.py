@@ -29,6 +29,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from sipdialer.engine.errors import EngineError
 from sipdialer.rtp.recorder import RECORDING_REF
 
 __all__ = [
@@ -98,7 +99,7 @@ class CallParams:
     call_ref: str | None = None
 
 
-class InvalidCallRequest(ValueError):
+class InvalidCallRequest(EngineError, ValueError):
     """The request is refused; :attr:`fields` maps each bad field to why."""
 
     def __init__(self, fields: dict[str, str]) -> None:

@@ -87,6 +87,7 @@ from redis.exceptions import RedisError
 
 from sipdialer.config import RedisConfig
 from sipdialer.engine.cdr import Cdr
+from sipdialer.errors import SipdialerError
 from sipdialer.logs import quote_value
 
 __all__ = ["Entry", "Notifier", "Outbox", "OutboxError"]
@@ -97,7 +98,7 @@ _SUFFIX = ".entry"
 _FORMAT_VERSION = 1
 
 
-class OutboxError(ValueError):
+class OutboxError(SipdialerError, ValueError):
     """An outbox file that cannot be read back (it is moved to ``corrupt/``)."""
 
 

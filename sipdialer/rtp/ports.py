@@ -13,10 +13,12 @@ from __future__ import annotations
 import socket
 from collections import deque
 
+from sipdialer.rtp.errors import RtpError
+
 __all__ = ["PortAllocator", "PortsExhausted"]
 
 
-class PortsExhausted(RuntimeError):
+class PortsExhausted(RtpError, RuntimeError):
     """No even port of the RTP range is free (or every free one failed to bind)."""
 
 

@@ -16,6 +16,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sipdialer.sip.errors import SipError
+
 __all__ = [
     "Challenge",
     "ClientAuthenticator",
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 
-class DigestError(ValueError):
+class DigestError(SipError, ValueError):
     """A malformed or unsupported challenge / credentials header."""
 
 

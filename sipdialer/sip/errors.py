@@ -1,7 +1,14 @@
-"""The one exception family the SIP parser raises for input it refuses."""
+"""The SIP layer's exceptions: :class:`SipError` is the root of every exception the sans-IO
+SIP core raises (parse errors here; digest, SDP and transaction errors in their modules)."""
+
+from sipdialer.errors import SipdialerError
 
 
-class SipParseError(ValueError):
+class SipError(SipdialerError):
+    """Root of the SIP layer's exceptions."""
+
+
+class SipParseError(SipError, ValueError):
     """The bytes are not a well-formed SIP message (or exceed our size limits)."""
 
 

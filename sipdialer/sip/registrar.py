@@ -72,7 +72,7 @@ from typing import Any
 from sipdialer.logs import quote_value
 from sipdialer.sip.address import Address, parse_address, parse_uri
 from sipdialer.sip.digest import DigestError, DigestServer, parse_auth_params
-from sipdialer.sip.errors import SipParseError
+from sipdialer.sip.errors import SipError, SipParseError
 from sipdialer.sip.message import Request, parse_uint
 
 log = logging.getLogger("sipdialer.registrar")
@@ -204,7 +204,7 @@ class _ContactRequest:
     outbound: bool
 
 
-class _Reject(Exception):
+class _Reject(SipError):
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.reason)
         self.reply = reply

@@ -40,6 +40,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from sipdialer.sip.errors import SipError
+
 __all__ = [
     "DIRECTIONS",
     "STATIC_PAYLOAD_TYPES",
@@ -97,7 +99,7 @@ _PROTO_RE = re.compile(f"{_TOKEN}(/{_TOKEN})*")  # RFC 4566 proto
 _DIGITS_RE = re.compile(r"[0-9]{1,10}")
 
 
-class SdpError(ValueError):
+class SdpError(SipError, ValueError):
     """A session description we cannot use (malformed, no audio stream, bad arguments)."""
 
 

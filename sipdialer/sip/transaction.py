@@ -41,6 +41,7 @@ from enum import Enum
 from typing import ClassVar
 
 from sipdialer.sip.address import split_commas
+from sipdialer.sip.errors import SipError
 from sipdialer.sip.events import (
     Addr,
     Event,
@@ -59,7 +60,7 @@ MAGIC_COOKIE = "z9hG4bK"
 TransactionKey = tuple[str, ...]
 
 
-class TransactionStateError(Exception):
+class TransactionStateError(SipError):
     """The TU asked a transaction for something its current state does not allow."""
 
 

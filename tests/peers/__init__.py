@@ -1,0 +1,1 @@
+"""Tests against real peers: Kamailio, baresip, SIPp, Redis (started by tests/fixtures)."""

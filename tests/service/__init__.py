@@ -1,0 +1,1 @@
+"""The service in-process or as ``sipdialer serve``, with simulated peers."""

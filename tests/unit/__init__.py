@@ -1,0 +1,1 @@
+"""Pure tests: no sockets, no processes beyond the package's own checkers, fake clocks."""

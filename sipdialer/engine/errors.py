@@ -1,0 +1,7 @@
+"""The call engine's exception root."""
+
+from sipdialer.errors import SipdialerError
+
+
+class EngineError(SipdialerError):
+    """Root of the call engine's exceptions."""
