@@ -12,6 +12,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sipdialer.errors import SipdialerError
 
@@ -224,9 +225,17 @@ _KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+class _CaseKeepingParser(configparser.ConfigParser):
+    """Keys keep their case (configparser lower-cases them by default)."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
+# Each section's values are collected in a ``dict[str, Any]`` and passed to its dataclass:
+# every value was produced by the parser for its key just above, with the field's type.
 def parse_config(text: str, *, source: str = "<string>") -> Config:
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser = _CaseKeepingParser(interpolation=None, inline_comment_prefixes=("#", ";"))
     try:
         parser.read_string(text, source=source)
     except configparser.Error as exc:
@@ -246,7 +255,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         return None
 
     trunk = TrunkConfig()
-    t: dict[str, object] = {}
+    t: dict[str, Any] = {}
     if (v := get("trunk", "registrar")) is not None and v.strip():
         t["registrar"] = parse_hostport("trunk", "registrar", v, default_port=5060)
     for key in ("domain", "username", "password"):
@@ -258,11 +267,11 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         t["expires"] = int(_number("trunk", "expires", v, minimum=1))
     if (v := get("trunk", "register")) is not None:
         t["register"] = _bool("trunk", "register", v)
-    trunk = TrunkConfig(**t)  # type: ignore[arg-type]
+    trunk = TrunkConfig(**t)
     if trunk.registrar and not trunk.domain:
-        trunk = TrunkConfig(**{**t, "domain": trunk.registrar[0]})  # type: ignore[arg-type]
+        trunk = TrunkConfig(**{**t, "domain": trunk.registrar[0]})
 
-    s: dict[str, object] = {}
+    s: dict[str, Any] = {}
     if (v := get("sip", "listen")) is not None:
         s["listen"] = parse_hostport("sip", "listen", v, default_port=5060)
     if (v := get("sip", "public_host")) is not None:
@@ -274,7 +283,8 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
             s[key] = _number("sip", key, v, minimum=0.001)
     if (v := get("sip", "user_agent")) is not None:
         s["user_agent"] = _plain("sip", "user_agent", v)
-    listen_host = s.get("listen", SipConfig.listen)[0]  # type: ignore[index]
+    listen: HostPort = s.get("listen", SipConfig.listen)
+    listen_host = listen[0]
     public = s.get("public_host", "")
     if listen_host in ("0.0.0.0", "::") and not public:
         # Via, Contact and SDP would advertise an address nobody can send to
@@ -288,7 +298,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         except ValueError:
             raise ConfigError("[sip] public_host: must be an IP address") from None
 
-    h: dict[str, object] = {}
+    h: dict[str, Any] = {}
     if (v := get("http", "listen")) is not None:
         h["listen"] = parse_hostport("http", "listen", v, default_port=8080)
     if (v := get("http", "public_url")) is not None:
@@ -307,7 +317,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     if (v := get("http", "max_body_bytes")) is not None:
         h["max_body_bytes"] = _integer("http", "max_body_bytes", v, minimum=1024, maximum=2**24)
 
-    r: dict[str, object] = {}
+    r: dict[str, Any] = {}
     if (v := get("redis", "url")) is not None:
         r["url"] = _plain("redis", "url", v)
     if (v := get("redis", "key_prefix")) is not None:
@@ -322,7 +332,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     if (v := get("redis", "health_grace")) is not None:
         r["health_grace"] = _number("redis", "health_grace", v)
 
-    c: dict[str, object] = {
+    c: dict[str, Any] = {
         key: _number("calls", key, v, minimum=1)
         for key in _KEYS["calls"]
         if key not in ("agent_caller_id", "max_concurrent", "unregistered_extension")
@@ -337,7 +347,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
             "calls", "unregistered_extension", v, ("fail", "trunk")
         )
 
-    g: dict[str, object] = {}
+    g: dict[str, Any] = {}
     if (v := get("registrar", "realm")) is not None:
         realm = _plain("registrar", "realm", v)
         if not re.fullmatch(r"[A-Za-z0-9.-]{1,64}", realm):
@@ -353,10 +363,10 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     for key in ("min_expires", "max_expires"):
         if (v := get("registrar", key)) is not None:
             g[key] = _integer("registrar", key, v, minimum=1, maximum=86400)
-    if int(g.get("min_expires", 60)) > int(g.get("max_expires", 3600)):  # type: ignore[call-overload]
+    if int(g.get("min_expires", 60)) > int(g.get("max_expires", 3600)):
         raise ConfigError("[registrar] min_expires: must not exceed max_expires")
 
-    rec: dict[str, object] = {}
+    rec: dict[str, Any] = {}
     if (v := get("recording", "directory")) is not None:
         rec["directory"] = _plain("recording", "directory", v)
     if (v := get("recording", "enabled")) is not None:
@@ -364,7 +374,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     if (v := get("recording", "retention_days")) is not None:
         rec["retention_days"] = _number("recording", "retention_days", v)
 
-    lg: dict[str, object] = {}
+    lg: dict[str, Any] = {}
     if (v := get("log", "level")) is not None:
         lg["level"] = _choice("log", "level", v, ("debug", "info", "warning", "error")).upper()
 
@@ -379,13 +389,13 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
 
     return Config(
         trunk=trunk,
-        sip=SipConfig(**s),  # type: ignore[arg-type]
-        http=HttpConfig(**h),  # type: ignore[arg-type]
-        redis=RedisConfig(**r),  # type: ignore[arg-type]
-        calls=CallsConfig(**c),  # type: ignore[arg-type]
-        recording=RecordingConfig(**rec),  # type: ignore[arg-type]
-        log=LogConfig(**lg),  # type: ignore[arg-type]
-        registrar=RegistrarConfig(**g),  # type: ignore[arg-type]
+        sip=SipConfig(**s),
+        http=HttpConfig(**h),
+        redis=RedisConfig(**r),
+        calls=CallsConfig(**c),
+        recording=RecordingConfig(**rec),
+        log=LogConfig(**lg),
+        registrar=RegistrarConfig(**g),
         extensions=extensions,
     )
 

@@ -227,7 +227,7 @@ class Recorder:
                 out[k:, col] = 0
             if ch.cursor < self.frames + n:
                 ch.cursor = self.frames + n
-        os.write(self._fd, out)  # C-contiguous: written from its buffer, no copy
+        os.write(self._fd, out.data)  # C-contiguous: written from its buffer, no copy
         self.frames += n
         size = self.frames * BLOCK_ALIGN
         os.pwrite(self._fd, struct.pack("<I", 36 + size), 4)

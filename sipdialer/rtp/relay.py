@@ -88,6 +88,11 @@ _pack = HEADER.pack
 _pack_into = REWRITE.pack_into
 
 
+def _returns(leg: MediaLeg) -> Callable[[], MediaLeg]:
+    """A protocol factory for ``create_datagram_endpoint`` that hands over ``leg``."""
+    return lambda: leg
+
+
 def _discard(_: object) -> None:
     pass
 
@@ -209,7 +214,7 @@ class MediaLeg(asyncio.DatagramProtocol):
         self._rb_codec = ""
         self._rb_index = 0
         self._rb_next = 0.0
-        self._rb_handle: asyncio.TimerHandle | None = None
+        self._rb_handle: asyncio.Handle | None = None
         # Recording: ``append`` of the recorder channel's three lists.
         self._recording = False
         self._rec_payload: Callable[[bytes], None] = _discard
@@ -280,7 +285,8 @@ class MediaLeg(asyncio.DatagramProtocol):
     # -- asyncio protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_ringback()
@@ -363,7 +369,8 @@ class MediaLeg(asyncio.DatagramProtocol):
         peer._last_out = out
         peer._last_tx = now
         try:
-            peer._sendto(out, peer.remote)
+            # ignore: peer._sending is only true once peer.remote is set
+            peer._sendto(out, peer.remote)  # type: ignore[arg-type]
         except OSError:  # full socket buffer and the like: RTP is loss-tolerant
             peer.packets_dropped += 1
             return
@@ -433,7 +440,8 @@ class MediaLeg(asyncio.DatagramProtocol):
         self._last_out = out
         self._last_tx = now
         try:
-            self._sendto(out, self.remote)
+            # ignore: _send runs only while _sending, which implies remote is set
+            self._sendto(out, self.remote)  # type: ignore[arg-type]
         except OSError:
             self.packets_dropped += 1
             return
@@ -556,7 +564,7 @@ class Bridge:
                 sock = allocator.allocate(host)
                 socks.append(sock)
                 leg = MediaLeg(name, sock, loop)
-                await loop.create_datagram_endpoint(lambda leg=leg: leg, sock=sock)
+                await loop.create_datagram_endpoint(_returns(leg), sock=sock)
                 legs.append(leg)
         except BaseException:
             for sock in socks:

@@ -423,7 +423,8 @@ class DigestServer:
             return None
         if len(raw) != _NONCE_RAW or not hmac.compare_digest(raw[16:], self._mac(raw[:16])):
             return None
-        return struct.unpack(">Q", raw[:8])[0] / 1000
+        issued_ms: int = struct.unpack(">Q", raw[:8])[0]
+        return issued_ms / 1000
 
     def challenges(self, now: float, *, stale: bool = False) -> list[str]:
         """Header values for WWW-Authenticate / Proxy-Authenticate, strongest algorithm first."""

@@ -256,9 +256,10 @@ def parse_sdp(body: bytes) -> AudioOffer:
             raise SdpError(f"bad RTP payload type in m=audio: {fmt[:20]!r}")
         payload_types.append(int(fmt))
 
-    address = audio_c if audio_c is not None else session_c
-    if address is None:
+    media_c = audio_c if audio_c is not None else session_c
+    if media_c is None:
         raise SdpError("no c= line for the audio stream")
+    address = media_c
 
     rtpmap: dict[int, tuple[str, int]] = {}
     for pt in payload_types:
