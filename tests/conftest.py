@@ -10,12 +10,14 @@ runs without them).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+import uvloop
 
 from tests.fixtures import ports
 from tests.fixtures.baresip import AnswerMode, BaresipPhone
@@ -168,3 +170,16 @@ def baresip_phone(tmp_path: Path, peer_stack: PeerStack) -> MakePhone:
 def make_phone(baresip_phone: MakePhone) -> MakePhone:
     """Alias of ``baresip_phone``."""
     return baresip_phone
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on uvloop, the loop ``sipdialer serve`` runs; tests marked
+    ``both_loops`` (adapters that must work on either) run on asyncio's default loop too."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "uvloop": uvloop.new_event_loop
+    }
+    if item.get_closest_marker("both_loops") is not None:
+        factories["asyncio"] = asyncio.new_event_loop
+    return factories

@@ -505,7 +505,8 @@ class StreamFramer:
     """Cut a byte stream (TCP) into whole SIP messages using Content-Length.
 
     ``feed`` returns complete message byte strings; a CRLF keep-alive between messages is
-    counted in ``pings`` (RFC 5626 §3.5.1: answer each "\\r\\n\\r\\n" with "\\r\\n").
+    counted in ``pings`` (RFC 5626 §3.5.1: answer each "\\r\\n\\r\\n" with "\\r\\n"), a lone
+    CRLF (the pong to our ping) in ``pongs``; ``pending`` says a message is half-read.
     Raises :class:`SipParseError` when the stream cannot be framed (the caller closes it).
     """
 
@@ -513,6 +514,12 @@ class StreamFramer:
         self._buf = bytearray()
         self.max_size = max_size
         self.pings = 0
+        self.pongs = 0
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of an incomplete message are buffered."""
+        return bool(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
@@ -523,6 +530,7 @@ class StreamFramer:
                     self.pings += 1
                     del self._buf[:4]
                 else:
+                    self.pongs += 1
                     del self._buf[:2]
             if not self._buf:
                 return out

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -160,3 +162,87 @@ def test_sigterm_during_a_bridged_call_still_delivers_its_notifications(
     legacy = json.loads(c2d[1])["notifications"][0]
     assert (legacy["call_ref"], legacy["disposition"]) == ("term-1", "ANSWERED")
     assert not list((tmp_path / "outbox").glob("*.entry"))  # nothing left waiting
+
+
+def _http_json(url: str, body: dict[str, str] | None = None, method: str = "GET") -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        url, data, {"Content-Type": "application/json"} if data else {}, method=method
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.load(resp)
+
+
+def test_serve_over_tcp_on_uvloop_registers_answers_and_bridges(
+    tmp_path: Path,
+    kamailio_trunk: Callable[..., KamailioTrunk],
+    make_phone: Callable[..., BaresipPhone],
+) -> None:
+    """``transport = tcp`` under ``sipdialer serve`` (uvloop, the shipped default loop):
+    the REGISTER binds over TCP, an OPTIONS that arrives over TCP is answered on its own
+    connection, and a whole call (INVITE, ACK, BYE to the trunk) goes over TCP."""
+    trunk = kamailio_trunk(qop=True)
+    agent = make_phone("agent", "1000", trunk, tone_hz=440)
+    callee = make_phone("callee", "0820001234", trunk, tone_hz=1000)
+    http = ports.free_port("tcp")
+    conf = tmp_path / "sip.conf"
+    conf.write_text(
+        trunk_config(trunk, transport="tcp")
+        + f"[http]\nlisten = 127.0.0.1:{http}\n"
+        + f"[redis]\nurl = redis://127.0.0.1:1/0\noutbox = {tmp_path / 'outbox'}\n"
+        + f"[recording]\ndirectory = {tmp_path / 'recordings'}\n"
+    )
+    sip_port = int(conf.read_text().split("listen = 127.0.0.1:")[1].split()[0])
+    base = f"http://127.0.0.1:{http}"
+    proc, log_path = start_serve(conf)
+    try:
+        wait_registered(proc, log_path)
+        contacts = trunk.lookup("dialer")
+        assert any("transport=tcp" in c for c in contacts), contacts
+        assert "tcp:127.0.0.1" in trunk.kamcmd("ul.lookup", "location", "s:dialer")
+
+        with socket.create_connection(("127.0.0.1", sip_port), timeout=5) as conn:
+            local = conn.getsockname()
+            conn.sendall(
+                (
+                    f"OPTIONS sip:127.0.0.1:{sip_port} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/TCP {local[0]}:{local[1]};branch=z9hG4bKtcpopt1\r\n"
+                    "Max-Forwards: 70\r\nTo: <sip:127.0.0.1>\r\n"
+                    "From: <sip:probe@127.0.0.1>;tag=p1\r\nCall-ID: tcp-options-1\r\n"
+                    "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+                ).encode()
+            )
+            answer = conn.recv(65535).decode()
+        assert answer.startswith("SIP/2.0 200"), answer
+        assert "tcp-options-1" in answer
+
+        created = _http_json(
+            f"{base}/click2dial/calls",
+            {"agent": "1000", "callee": "0820001234", "outbound_id": "0123456789"},
+            "POST",
+        )
+        call_url = f"{base}/click2dial/calls/{created['id']}"
+        deadline = time.monotonic() + 15
+        while _http_json(call_url)["status"] != "bridged":
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        time.sleep(1.5)
+        callee.ctrl("hangup")  # the BYE reaches the service over the trunk's TCP flow
+        deadline = time.monotonic() + 10
+        while (view := _http_json(call_url))["status"] != "ended":
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        agent.wait_event("CALL_CLOSED", 5)
+        cdr = view["cdr"]
+        assert (cdr["disposition"], cdr["end_code"], cdr["end_reason"]) == (
+            "ANSWERED",
+            16,
+            "callee_hungup",
+        ), view
+        assert cdr["call_time"] >= 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in log_path.read_text()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+import uvloop
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
@@ -45,7 +46,7 @@ recording_schema = schemathesis.openapi.from_dict(_pinned_recording_document()).
 
 @pytest.fixture(scope="module")
 def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()  # the loop sipdialer serve runs
     thread = threading.Thread(target=loop.run_forever, name="api-fuzz", daemon=True)
     thread.start()
     lab_cm = api_service(

@@ -150,7 +150,7 @@ async def test_a_retransmitted_register_gets_the_same_answer(trunk: SimTrunk) ->
     try:
         answers = []
         for _ in range(2):
-            await loop.sock_sendto(sock, register, trunk.address)
+            sock.sendto(register, trunk.address)
             data = await asyncio.wait_for(loop.sock_recv(sock, 65535), 2)
             answers.append(data)
         assert answers[0] == answers[1]
