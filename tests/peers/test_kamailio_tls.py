@@ -1,12 +1,13 @@
 """Self-tests of the Kamailio trunk's TLS listener (``KamailioTrunk(..., tls=True)``).
 
 Only Python's ``ssl``, raw sockets and the project's pure SIP code are used, so these
-tests prove the test peer, not the service's TLS client: the certificate verifies with
-the fixture's CA for ``trunk.test`` and fails with another CA or another name; OPTIONS
-and REGISTER (digest) are answered over the TLS connection; requests the trunk sends to
-a TLS client (a callee's BYE, an INVITE to a TLS registration) come back over that same
-connection although the client's Contact names a port nobody listens on; plain TCP to
-the TLS port gets no SIP; and without ``tls`` the effective config has no TLS in it.
+tests prove the test peer, not the service's TLS client: TLS 1.2 and 1.3 are spoken and
+1.1 is refused; the certificate verifies with the fixture's CA for ``trunk.test`` and
+fails with another CA, the system CAs or another name; OPTIONS and REGISTER (digest) are
+answered over the TLS connection; requests the trunk sends to a TLS client (a callee's
+BYE, an INVITE to a TLS registration) come back over that same connection although the
+client's Contact names a port nobody listens on; plain TCP to the TLS port gets no SIP;
+and without ``tls`` the effective config has no TLS in it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,8 +237,7 @@ def test_handshake_verifies_with_the_fixture_ca(
             assert client.sock.version() == version.name.replace("_", ".")
             cert = client.sock.getpeercert()
             assert cert is not None
-            subject = {k: v for rdn in cert["subject"] for k, v in rdn}
-            assert subject["commonName"] == "trunk.test"
+            assert (("commonName", "trunk.test"),) in cert["subject"]
             assert set(cert["subjectAltName"]) == {
                 ("DNS", "trunk.test"),
                 ("DNS", "localhost"),
@@ -244,6 +245,18 @@ def test_handshake_verifies_with_the_fixture_ca(
             }
         finally:
             client.close()
+
+
+def test_tls_1_1_is_refused_by_the_trunk(tls_trunk: KamailioTrunk) -> None:
+    context = tls_context(tls_trunk.ca_file)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.1 at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLSVersion.TLSv1_1 is
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises(ssl.SSLError) as err:
+        TlsSip(tls_trunk, context)
+    # the trunk's alert, not a client that could not even offer the version
+    assert err.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION", err.value
 
 
 def test_handshake_with_an_unrelated_ca_fails(tls_trunk: KamailioTrunk) -> None:
