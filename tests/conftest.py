@@ -113,7 +113,11 @@ MakePhone = Callable[..., BaresipPhone]
 
 @pytest.fixture
 def kamailio_trunk(tmp_path: Path, peer_stack: PeerStack) -> MakeTrunk:
-    """Factory ``make_trunk(qop=True, port=None, **kw) -> KamailioTrunk`` (started)."""
+    """Factory ``make_trunk(qop=True, port=None, **kw) -> KamailioTrunk`` (started).
+
+    ``tls=True`` (a keyword of KamailioTrunk) adds the TLS listener (``.tls_port``,
+    ``.ca_file``).
+    """
     require_binary("kamailio")
     require_binary("kamcmd")
     counter = itertools.count(1)
@@ -121,7 +125,10 @@ def kamailio_trunk(tmp_path: Path, peer_stack: PeerStack) -> MakeTrunk:
     def make_trunk(qop: bool = True, port: int | None = None, **kw: Any) -> KamailioTrunk:
         n = next(counter)
         trunk = KamailioTrunk(tmp_path / f"trunk{n}", qop=qop, port=port, **kw)
-        return peer_stack.start(f"kamailio trunk{n} :{trunk.port}", trunk)
+        label = f"kamailio trunk{n} :{trunk.port}"
+        if trunk.tls:
+            label += f" tls:{trunk.tls_port}"
+        return peer_stack.start(label, trunk)
 
     return make_trunk
 
