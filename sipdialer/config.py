@@ -25,15 +25,43 @@ class ConfigError(SipdialerError, ValueError):
     """An invalid configuration file; the message names the section and key."""
 
 
+#: A host (DNS name or IP) and a port, or None when the port was not given (then the
+#: host is resolved per RFC 3263: NAPTR, SRV, then A/AAAA on the transport's default port).
+NextHop = tuple[str, int | None]
+
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+
+
 @dataclass(frozen=True)
 class TrunkConfig:
-    registrar: HostPort | None = None
+    registrar: NextHop | None = None
     domain: str = ""
     username: str = ""
     password: str = ""
     transport: str = "udp"
     expires: int = 300
     register: bool = True
+    ca_file: str = ""
+    """TLS: verify the trunk against these CAs only (PEM); empty = the system's CAs."""
+    outbound_proxy: NextHop | None = None
+    """Every request to the trunk goes here first (a Route header names it, RFC 3261
+    §8.1.2); resolved like the registrar."""
+    keepalive: float = 25.0
+    """Seconds between keep-alives to the trunk: CRLF on TCP/TLS flows (RFC 5626
+    §3.5.1), OPTIONS over UDP (NAT bindings); 0 turns them off."""
+
+    @property
+    def next_hop(self) -> NextHop | None:
+        """Where requests to the trunk are sent: the outbound proxy, else the registrar."""
+        return self.outbound_proxy or self.registrar
+
+    @property
+    def label(self) -> str:
+        """``host[:port]/transport`` of the registrar, for logs and health."""
+        if self.registrar is None:
+            return ""
+        host, port = self.registrar
+        return f"{host}{'' if port is None else f':{port}'}/{self.transport}"
 
 
 @dataclass(frozen=True)
@@ -152,6 +180,37 @@ def parse_hostport(section: str, key: str, text: str, default_port: int | None =
     return host, port
 
 
+def parse_next_hop(section: str, key: str, text: str) -> NextHop:
+    """``HOST[:PORT]``: a DNS name or an IP (IPv6 in brackets); the port is optional."""
+    text = text.strip()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([A-Za-z0-9._-]+)(?::(\d+))?", text)
+    if not m:
+        raise ConfigError(f"{_where(section, key)}: expected HOST[:PORT], got {text!r}")
+    host = m.group(1) or m.group(3)
+    port_text = m.group(2) or m.group(4)
+    if m.group(3) is not None and not _is_ip(host):
+        labels = host.rstrip(".").split(".")
+        if any(
+            not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?|_[A-Za-z0-9-]+", x)
+            for x in labels
+        ):
+            raise ConfigError(f"{_where(section, key)}: not a valid host name: {host!r}")
+    if port_text is None:
+        return host, None
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{_where(section, key)}: port out of range in {text!r}")
+    return host, port
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _bool(section: str, key: str, text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("yes", "true", "on", "1"):
@@ -205,7 +264,18 @@ def _plain(section: str, key: str, text: str) -> str:
 
 
 _KEYS: dict[str, tuple[str, ...]] = {
-    "trunk": ("registrar", "domain", "username", "password", "transport", "expires", "register"),
+    "trunk": (
+        "registrar",
+        "domain",
+        "username",
+        "password",
+        "transport",
+        "expires",
+        "register",
+        "ca_file",
+        "outbound_proxy",
+        "keepalive",
+    ),
     "sip": ("listen", "public_host", "rtp_ports", "t1", "t2", "t4", "user_agent"),
     "http": ("listen", "public_url", "api_tokens", "max_body_bytes"),
     "redis": ("url", "key_prefix", "legacy_c2d", "outbox", "health_grace"),
@@ -257,12 +327,18 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     trunk = TrunkConfig()
     t: dict[str, Any] = {}
     if (v := get("trunk", "registrar")) is not None and v.strip():
-        t["registrar"] = parse_hostport("trunk", "registrar", v, default_port=5060)
+        t["registrar"] = parse_next_hop("trunk", "registrar", v)
+    if (v := get("trunk", "outbound_proxy")) is not None and v.strip():
+        t["outbound_proxy"] = parse_next_hop("trunk", "outbound_proxy", v)
+    if (v := get("trunk", "ca_file")) is not None:
+        t["ca_file"] = _plain("trunk", "ca_file", v)
+    if (v := get("trunk", "keepalive")) is not None:
+        t["keepalive"] = _number("trunk", "keepalive", v)
     for key in ("domain", "username", "password"):
         if (v := get("trunk", key)) is not None:
             t[key] = _plain("trunk", key, v)
     if (v := get("trunk", "transport")) is not None:
-        t["transport"] = _choice("trunk", "transport", v, ("udp", "tcp"))
+        t["transport"] = _choice("trunk", "transport", v, ("udp", "tcp", "tls"))
     if (v := get("trunk", "expires")) is not None:
         t["expires"] = int(_number("trunk", "expires", v, minimum=1))
     if (v := get("trunk", "register")) is not None:
