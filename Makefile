@@ -20,8 +20,10 @@ STAMP := $(VENV)/.stamp
 LINT_PATHS := sipdialer tests bench
 
 # programs the peer fixtures need, and the Debian packages that provide them
-PEER_BINARIES := redis-server kamailio kamcmd baresip sipp sox
-PEER_PACKAGES := redis-server kamailio baresip-core sip-tester sox libsox-fmt-base
+PEER_BINARIES := redis-server kamailio kamcmd baresip sipp sox dnsmasq
+# dnsmasq-base: the binary only (the `dnsmasq` package would install a system DNS service)
+PEER_PACKAGES := redis-server kamailio kamailio-tls-modules baresip-core sip-tester sox \
+	libsox-fmt-base dnsmasq-base openssl
 APT_GET ?= apt-get
 # exit 101 = "do not start services" while the packages install (kamailio, redis)
 POLICY_RC ?= /usr/sbin/policy-rc.d

@@ -73,6 +73,7 @@ class SipConfig:
     t2: float = 4.0
     t4: float = 5.0
     user_agent: str = "sipdialer"
+    nameservers: tuple[HostPort, ...] = ()  # DNS servers (IP, port); () = the system's
 
     @property
     def advertised_host(self) -> str:
@@ -276,7 +277,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
         "outbound_proxy",
         "keepalive",
     ),
-    "sip": ("listen", "public_host", "rtp_ports", "t1", "t2", "t4", "user_agent"),
+    "sip": ("listen", "public_host", "rtp_ports", "t1", "t2", "t4", "user_agent", "nameservers"),
     "http": ("listen", "public_url", "api_tokens", "max_body_bytes"),
     "redis": ("url", "key_prefix", "legacy_c2d", "outbox", "health_grace"),
     "calls": (
@@ -359,6 +360,22 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
             s[key] = _number("sip", key, v, minimum=0.001)
     if (v := get("sip", "user_agent")) is not None:
         s["user_agent"] = _plain("sip", "user_agent", v)
+    if (v := get("sip", "nameservers")) is not None:
+        servers: list[HostPort] = []
+        for entry in filter(None, (e.strip() for e in _plain("sip", "nameservers", v).split(","))):
+            bare = entry.count(":") > 1 and not entry.startswith("[")  # IPv6 without a port
+            host, port = (entry, 53) if bare else parse_hostport("sip", "nameservers", entry, 53)
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                raise ConfigError(
+                    f"[sip] nameservers: expected IP[:PORT] (an IP address, not a name), "
+                    f"got {entry!r}"
+                ) from None
+            if port == 0:
+                raise ConfigError(f"[sip] nameservers: port 0 in {entry!r}")
+            servers.append((str(address), port))
+        s["nameservers"] = tuple(servers)
     listen: HostPort = s.get("listen", SipConfig.listen)
     listen_host = listen[0]
     public = s.get("public_host", "")

@@ -21,12 +21,14 @@ import uvloop
 
 from tests.fixtures import ports
 from tests.fixtures.baresip import AnswerMode, BaresipPhone
+from tests.fixtures.dnsmasq import DnsmasqServer, Zone
 from tests.fixtures.kamailio import KamailioTrunk
 from tests.fixtures.process import PeerStartError
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.require import require_binary
 
 PEER_FIXTURES = {"redis_server", "kamailio_trunk", "make_trunk", "baresip_phone", "make_phone"}
+PEER_FIXTURES.add("dns_server")  # dnsmasq (tests/fixtures/dnsmasq.py)
 
 
 class Peer(Protocol):
@@ -177,6 +179,24 @@ def baresip_phone(tmp_path: Path, peer_stack: PeerStack) -> MakePhone:
 def make_phone(baresip_phone: MakePhone) -> MakePhone:
     """Alias of ``baresip_phone``."""
     return baresip_phone
+
+
+MakeDns = Callable[..., DnsmasqServer]
+
+
+@pytest.fixture
+def dns_server(tmp_path: Path, peer_stack: PeerStack) -> MakeDns:
+    """Factory ``make_dns(zone: Zone, port=None) -> DnsmasqServer`` (started; answers for
+    the zone on 127.0.0.1:``.port``, UDP and TCP; ``.restart(zone)`` swaps the records)."""
+    binary = require_binary("dnsmasq")
+    counter = itertools.count(1)
+
+    def make_dns(zone: Zone, port: int | None = None) -> DnsmasqServer:
+        n = next(counter)
+        server = DnsmasqServer(tmp_path / f"dns{n}", zone, port, binary=binary)
+        return peer_stack.start(f"dnsmasq dns{n} :{server.port}", server)
+
+    return make_dns
 
 
 def pytest_asyncio_loop_factories(

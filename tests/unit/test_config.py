@@ -68,3 +68,31 @@ def test_extensions_and_tokens() -> None:
     cfg = parse_config("[extensions]\n1001 = pw1\n2002 = pw2\n[http]\napi_tokens = a, b\n")
     assert cfg.extensions == {"1001": "pw1", "2002": "pw2"}
     assert cfg.http.api_tokens == ("a", "b")
+
+
+def test_nameservers_default_port_ipv6_and_default_empty() -> None:
+    assert parse_config("").sip.nameservers == ()
+    assert load_config(EXAMPLE).sip.nameservers == ()
+    documented = configparser.ConfigParser(interpolation=None)
+    documented.read(EXAMPLE)
+    assert documented.has_option("sip", "nameservers")
+    cfg = parse_config(
+        "[sip]\nnameservers = 127.0.0.1:5354, 10.0.0.2, [::1]:5353, ::1, [fe80::1]\n"
+    )
+    assert cfg.sip.nameservers == (
+        ("127.0.0.1", 5354),
+        ("10.0.0.2", 53),
+        ("::1", 5353),
+        ("::1", 53),
+        ("fe80::1", 53),
+    )
+    assert parse_config("[sip]\nnameservers =\n").sip.nameservers == ()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ns.example.com", "ns.example.com:53", "127.0.0.1:99999", "127.0.0.1:0", "1.2.3.4:x", "[::1"],
+)
+def test_nameservers_must_be_ip_with_port(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[sip\] nameservers"):
+        parse_config(f"[sip]\nnameservers = {value}\n")
