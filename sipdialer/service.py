@@ -5,13 +5,16 @@ starts them, and stops them cleanly (HTTP first, then calls, then un-REGISTER).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from pathlib import Path
 
 from sipdialer.aio.registrar_runtime import RegistrarRuntime
 from sipdialer.aio.registration_runtime import TrunkRegistration
-from sipdialer.aio.transport import SipTransport
+from sipdialer.aio.resolver import SipResolver
+from sipdialer.aio.transport import SipTransport, client_tls_context
+from sipdialer.aio.trunk_route import TrunkRoute
 from sipdialer.aio.useragent import UserAgent
 from sipdialer.api.app import ApiServer, make_app
 from sipdialer.api.context import ApiContext
@@ -55,9 +58,23 @@ class Service:
             user_agent=sip.user_agent,
         )
         self.ua = UserAgent()
-        self.transport = SipTransport(self.endpoint, self.ua.handle_event, listen=sip.listen)
+        trunk = config.trunk
+        self.transport = SipTransport(
+            self.endpoint,
+            self.ua.handle_event,
+            listen=sip.listen,
+            client_tls=client_tls_context(trunk.ca_file or None)
+            if trunk.transport == "tls"
+            else None,
+            on_flow_lost=self._flow_lost,
+        )
         self.ua.attach(self.transport)
+        self.resolver = SipResolver(sip.nameservers)
+        self.trunk_route: TrunkRoute | None = None
+        if trunk.next_hop is not None:
+            self.trunk_route = TrunkRoute(trunk, self.resolver, self.transport)
         self.registration: TrunkRegistration | None = None
+        self._route_task: asyncio.Future[None] | None = None
         self.dialer: Dialer | None = None
         self.registrar: RegistrarRuntime | None = None
 
@@ -66,9 +83,15 @@ class Service:
         # the endpoint must advertise the port really bound (listen port 0 = any)
         self.endpoint.port = self.transport.port
         trunk = self.config.trunk
-        if trunk.registrar is not None and trunk.register:
-            self.registration = TrunkRegistration(self.config, self.ua, self.transport)
+        if self.trunk_route is not None and trunk.registrar is not None and trunk.register:
+            self.registration = TrunkRegistration(
+                self.config, self.ua, self.transport, self.trunk_route
+            )
             self.registration.start()
+        elif self.trunk_route is not None:
+            # no REGISTER (a trunk that authenticates by IP): resolve in the background now
+            # and again every minute (the resolver's cache keeps answers for their TTL)
+            self._route_task = asyncio.ensure_future(self._keep_route_resolved(self.trunk_route))
         self.dialer = Dialer(
             self.config,
             self.ua,
@@ -76,6 +99,7 @@ class Service:
             sip_port=self.transport.port,
             ringback=load_ringback(),
         )
+        self.dialer.trunk_route = self.trunk_route
         if self.config.extensions:
             await self._start_registrar()
         rec = self.config.recording
@@ -88,6 +112,16 @@ class Service:
             except BaseException:
                 await self.stop()
                 raise
+
+    @staticmethod
+    async def _keep_route_resolved(route: TrunkRoute) -> None:
+        while True:
+            await route.begin_round()
+            await asyncio.sleep(60)
+
+    def _flow_lost(self, transport: str, addr: tuple[str, int]) -> None:
+        if self.registration is not None:
+            self.registration.flow_lost(transport, addr)
 
     async def _start_registrar(self) -> None:
         """The registrar for ``[extensions]`` phones; the dialer routes agents through it."""
@@ -159,4 +193,7 @@ class Service:
             self.registrar = None
         if self.registration is not None:
             await self.registration.stop()
+        if self._route_task is not None:
+            self._route_task.cancel()
+            self._route_task = None
         await self.transport.close()

@@ -123,9 +123,7 @@ class TrunkRegistration:
             if self.route.route_header is not None:
                 request.headers.insert_first("Route", self.route.route_header)
             dest = self.dest
-            self.ua.send_request(
-                request, (dest.host, dest.port), dest.transport, self._on_event
-            )
+            self.ua.send_request(request, (dest.host, dest.port), dest.transport, self._on_event)
         self._rearm()
 
     def _on_event(self, event: Event) -> None:

@@ -422,7 +422,7 @@ class SipTransport:
         if self._udp is not None:
             try:
                 self._udp.sendto(out.data, out.addr)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: uvloop given a host name
                 log.info("event=udp_send_failed dest=%s:%d error=%s", *out.addr, exc)
                 self.endpoint.transport_error(out.addr, "UDP", self.now())
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sipdialer.aio.useragent import UserAgent
-from sipdialer.config import Config
+from sipdialer.config import DEFAULT_PORTS, Config
 from sipdialer.engine.call import Act, Call, CallState, CallStateError, CallTimers, Ev
 from sipdialer.engine.causes import Outcome, classify
 from sipdialer.engine.cdr import CallRecord, Cdr, CdrSink, build_cdr
@@ -38,6 +38,7 @@ from sipdialer.rtp.relay import Bridge, Codec, MediaLeg
 from sipdialer.sip.sdp import AudioOffer, answer_for, build_sdp
 
 if TYPE_CHECKING:
+    from sipdialer.aio.trunk_route import TrunkRoute
     from sipdialer.sip.registrar import Registrar
 
 log = logging.getLogger("sipdialer.call")
@@ -504,6 +505,7 @@ class Dialer:
         self.ports = PortAllocator(*config.sip.rtp_ports)
         self.ringback = ringback
         self.registrar: Registrar | None = None  # set by the service when extensions exist
+        self.trunk_route: TrunkRoute | None = None  # set by the service when a trunk exists
         self.public_url = config.http.public_url or "http://{}:{}".format(*config.http.listen)
         self.active: dict[str, CallRunner] = {}
         self.recent: dict[str, CallRunner] = {}
@@ -574,11 +576,20 @@ class Dialer:
         """Where a trunk leg's INVITE goes (the callee, or an agent dialled by number)."""
         trunk = self.config.trunk
         sip = self.config.sip
-        if trunk.registrar is None:
+        if trunk.next_hop is None:
             raise RuntimeError("no [trunk] registrar configured")
         domain = trunk.domain
-        transport = trunk.transport.upper()
-        tp = ";transport=tcp" if transport == "TCP" else ""
+        # the target the registration found working; before any answer, the configured
+        # address (an unresolvable one fails the leg as unreachable: cause 38)
+        route = self.trunk_route
+        hop = route.current if route is not None else None
+        if hop is not None:
+            dest, transport = (hop.host, hop.port), hop.transport
+        else:
+            host, port = trunk.next_hop
+            dest = (host, port or DEFAULT_PORTS[trunk.transport])
+            transport = trunk.transport.upper()
+        tp = "" if transport == "UDP" else f";transport={transport.lower()}"
         contact = f"sip:{trunk.username or 'sipdialer'}@{sip.advertised_host}:{self.sip_port}{tp}"
         creds = (trunk.username, trunk.password) if trunk.username else None
         if leg == "agent":
@@ -587,9 +598,11 @@ class Dialer:
         else:
             number, shown = request.callee, request.outbound_id
             extra = [("P-Asserted-Identity", f"<sip:{shown}@{domain}>")]
+        if route is not None and route.route_header is not None:
+            extra = [("Route", route.route_header), *extra]
         return LegTarget(
             request_uri=f"sip:{number}@{domain}",
-            dest=trunk.registrar,
+            dest=dest,
             transport=transport,
             from_uri=f"sip:{shown}@{domain}",
             from_display=shown,
