@@ -153,7 +153,7 @@ class Service:
         assert self.dialer is not None
         return ApiContext(
             config=self.config,
-            dialer=self.dialer,
+            calls=self.dialer.directory,
             counters=self.counters,
             notifier=self.sink,
             registration=self._registration_status,

@@ -3,10 +3,11 @@ every route shares (JSON errors, bearer-token auth), the access log and the serv
 
 ``make_app(context)`` builds the application from an :class:`ApiContext` — what the
 handlers may see of the running service — and :class:`ApiServer` runs it on a TCP port.
-The handlers live beside it, one module per concern: ``api_calls`` (creating, listing and
-ending calls; ``api_input`` reads their fields, ``validation`` judges them),
-``api_recordings``, ``api_health``, ``api_metrics``; ``openapi`` holds the document that
-describes every route.
+The handlers live beside it, one module per concern: ``calls`` (creating, listing and
+ending calls; ``input`` reads their fields, ``sipdialer.engine.request`` judges them),
+``recordings``, ``extensions``, ``health``, ``metrics``; ``openapi`` holds the document
+that describes every route. The handlers see the calls only through the
+:class:`~sipdialer.engine.directory.CallDirectory` in the context.
 
 Routes (all JSON unless noted):
 
@@ -18,7 +19,7 @@ GET     /click2dial/calls/{id}               one call: state, timeline, CDR once
 DELETE  /click2dial/calls/{id}               hang up / cancel
 GET     /click2dial/recordings/{ref}         the WAV (HEAD, Range, ETag); audio/wav
 GET     /healthz                             readiness (200 / 503); open without a token
-GET     /metrics                             Prometheus text format
+GET     /metrics                             Prometheus text format (0.0.4)
 GET     /openapi.json                        OpenAPI 3.1; open without a token
 ======  ===================================  ==============================================
 
@@ -37,6 +38,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -69,6 +71,31 @@ HOUSEKEEPING_INTERVAL = 1.0
 # ---- middlewares ----------------------------------------------------------------------------
 
 _KEEP_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "Content-Range")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Times every request into the latency histogram, by route name and status class
+    (outermost, so it sees the answers the other middlewares make). A request the client
+    abandoned (the handler cancelled) has no status and is not counted."""
+    start = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _observe(request, exc.status, start)
+        raise
+    except Exception:
+        _observe(request, 500, start)
+        raise
+    _observe(request, response.status, start)
+    return response
+
+
+def _observe(request: web.Request, status: int, start: float) -> None:
+    route = request.match_info.route.name or "unmatched"
+    request.app[api_metrics.HTTP_SECONDS].labels(route, f"{status // 100}xx").observe(
+        time.perf_counter() - start
+    )
 
 
 @web.middleware
@@ -158,7 +185,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         while True:
             try:
                 app[api_health.HEALTH].sample(ctx)
-                ctx.rtp.retire_ended(ctx.dialer)
+                ctx.rtp.retire_ended(ctx.calls)
             except Exception:
                 log.exception("event=api_housekeeping_failed")
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
@@ -174,10 +201,11 @@ def make_app(context: ApiContext) -> web.Application:
     """The aiohttp application serving the API for ``context``."""
     app = web.Application(
         client_max_size=context.config.http.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
     )
     app[CONTEXT] = context
     api_health.setup(app)
+    api_metrics.setup(app)
     api_recordings.setup(app)
     r = app.router
     r.add_post("/click2dial/calls", api_calls.create_call, name="calls")

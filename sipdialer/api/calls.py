@@ -17,6 +17,10 @@ Status codes (decisions, also in the README):
 * list: newest first, ``?call_ref=`` (exact), ``?state=active|ended``, ``?limit=``
   (1-1000, default 100); **422** for a bad filter. Finished calls are kept in memory (the
   latest 1000) and do not survive a restart; Redis has every CDR.
+
+The handlers see the calls through the context's
+:class:`~sipdialer.engine.directory.CallDirectory` only, as frozen
+:class:`~sipdialer.engine.directory.CallView` snapshots.
 """
 
 from __future__ import annotations
@@ -29,13 +33,12 @@ from aiohttp import web
 
 from sipdialer.api.context import CONTEXT, json_error
 from sipdialer.api.input import FieldValues, MalformedRequest, query_fields, read_call_fields
-from sipdialer.engine.call import CallState
 from sipdialer.engine.cdr import iso_utc
-from sipdialer.engine.dialer import CallRequest, CallRunner
-from sipdialer.engine.validation import (
-    CALL_ID,
+from sipdialer.engine.directory import CALL_ID, CallView
+from sipdialer.engine.request import (
     CALL_REF,
-    CALL_REF_RULE,
+    CONFLICT,
+    FIELD_RULES,
     InvalidCallRequest,
     validate_call_request,
 )
@@ -55,46 +58,40 @@ def call_path(call_id: str) -> str:
     return f"/click2dial/calls/{call_id}"
 
 
-def call_view(runner: CallRunner) -> dict[str, Any]:
-    """The JSON of a call: the engine's snapshot, ISO timestamps and links."""
-    snap = runner.snapshot()
-    ref = runner.record.recording_ref
-    links = {"self": call_path(runner.id)}
+def call_view(view: CallView) -> dict[str, Any]:
+    """The JSON of a call: its view, ISO timestamps and links."""
+    ref = view.recording_ref
+    links = {"self": call_path(view.id)}
     if ref:
         links["recording"] = f"/click2dial/recordings/{ref}"
-    timeline = [
-        {"at": iso_utc(float(e["at"])), "state": e["state"]}  # type: ignore[arg-type]
-        for e in snap.get("timeline", [])  # type: ignore[union-attr]
-    ]
     return {
-        "id": snap["id"],
-        "call_ref": snap["call_ref"],
-        "status": snap["state"],
-        "state": snap["state"],
-        "agent": snap["agent"],
-        "callee": snap["callee"],
-        "outbound_id": snap["outbound_id"],
-        "created_at": iso_utc(runner.record.created_at),
-        "timeline": timeline,
-        "agent_sip_status": snap.get("agent_sip_status"),
-        "callee_sip_status": snap.get("callee_sip_status"),
+        "id": view.id,
+        "call_ref": view.call_ref,
+        "status": view.state,
+        "state": view.state,
+        "agent": view.agent,
+        "callee": view.callee,
+        "outbound_id": view.outbound_id,
+        "created_at": iso_utc(view.created_at),
+        "timeline": [{"at": iso_utc(e.at), "state": e.state} for e in view.timeline],
+        "agent_sip_status": view.agent_sip_status,
+        "callee_sip_status": view.callee_sip_status,
         "recording": ref,
-        "cdr": snap.get("cdr"),
+        "cdr": dict(view.cdr) if view.cdr is not None else None,
         "links": links,
     }
 
 
 async def _place(request: web.Request, given: FieldValues) -> web.Response:
     try:
-        params = validate_call_request(given)
+        call_request = validate_call_request(given)
     except InvalidCallRequest as exc:
         return json_error(422, "invalid request", fields=exc.fields)
     ctx = request.app[CONTEXT]
     if ctx.config.trunk.registrar is None:
         return json_error(503, "no trunk configured", detail="[trunk] registrar is empty")
-    dialer = ctx.dialer
     limit = ctx.config.calls.max_concurrent
-    if len(dialer.active) >= limit:
+    if ctx.calls.active_count() >= limit:
         return json_error(
             429,
             "too many calls",
@@ -102,23 +99,14 @@ async def _place(request: web.Request, given: FieldValues) -> web.Response:
             detail=f"{limit} calls are active ([calls] max_concurrent)",
         )
     # no await between the check above and originate() registering the call
-    runner = await dialer.originate(
-        CallRequest(
-            agent=params.agent,
-            callee=params.callee,
-            outbound_id=params.outbound_id,
-            call_ref=params.call_ref,
-        )
-    )
+    view = await ctx.calls.originate(call_request)
     log.info(
         "event=api_call_created call=%s call_ref=%s route=%s",
-        runner.id[:12],
-        params.call_ref or "-",
+        view.id[:12],
+        call_request.call_ref or "-",
         request.match_info.route.name,
     )
-    return web.json_response(
-        call_view(runner), status=201, headers={"Location": call_path(runner.id)}
-    )
+    return web.json_response(call_view(view), status=201, headers={"Location": call_path(view.id)})
 
 
 async def create_call(request: web.Request) -> web.Response:
@@ -139,35 +127,38 @@ async def legacy_create_call(request: web.Request) -> web.Response:
     return await _place(request, given)
 
 
-def _runner(request: web.Request) -> CallRunner | None:
+def _call_id(request: web.Request) -> str | None:
+    """The id in the path, or None when it cannot be one."""
     call_id = request.match_info["id"]
-    if not CALL_ID.fullmatch(call_id):
-        return None
-    return request.app[CONTEXT].dialer.get(call_id)
+    return call_id if CALL_ID.fullmatch(call_id) else None
 
 
 async def get_call(request: web.Request) -> web.Response:
-    runner = _runner(request)
-    if runner is None:
+    call_id = _call_id(request)
+    view = request.app[CONTEXT].calls.get(call_id) if call_id is not None else None
+    if view is None:
         return json_error(404, "no such call")
-    return web.json_response(call_view(runner))
+    return web.json_response(call_view(view))
 
 
 async def delete_call(request: web.Request) -> web.Response:
-    runner = _runner(request)
-    if runner is None:
+    call_id = _call_id(request)
+    if call_id is None:
         return json_error(404, "no such call")
-    if runner.state is CallState.ENDED:
-        return web.json_response(call_view(runner), status=200)
-    runner.hangup()
-    log.info("event=api_call_hangup call=%s", runner.id[:12])
-    return web.json_response(call_view(runner), status=202)
+    calls = request.app[CONTEXT].calls
+    started = calls.hangup(call_id)
+    view = calls.get(call_id)
+    if view is None:
+        return json_error(404, "no such call")
+    if started:
+        log.info("event=api_call_hangup call=%s", call_id[:12])
+    return web.json_response(call_view(view), status=202 if started else 200)
 
 
 def _one(values: list[str], name: str, errors: dict[str, str]) -> str | None:
     distinct = set(values)
     if len(distinct) > 1:
-        errors[name] = "was given more than once with different values"
+        errors[name] = CONFLICT
         return None
     return values[0] if values else None
 
@@ -184,7 +175,7 @@ async def list_calls(request: web.Request) -> web.Response:
     state = _one(strings.get("state", []), "state", errors)
     limit_text = _one(strings.get("limit", []), "limit", errors)
     if call_ref is not None and not CALL_REF.fullmatch(call_ref):
-        errors["call_ref"] = CALL_REF_RULE
+        errors["call_ref"] = FIELD_RULES["call_ref"]
     if state is not None and state not in ("active", "ended"):
         errors["state"] = "must be active or ended"
     limit = LIST_LIMIT_DEFAULT
@@ -195,17 +186,14 @@ async def list_calls(request: web.Request) -> web.Response:
             errors["limit"] = f"must be a whole number from 1 to {LIST_LIMIT_MAX}"
     if errors:
         return json_error(422, "invalid request", fields=errors)
-    dialer = request.app[CONTEXT].dialer
-    runners = {**dialer.recent, **dialer.active}
+    directory = request.app[CONTEXT].calls
+    views = {v.id: v for v in [*directory.recent(), *directory.active()]}
     selected = [
-        r
-        for r in runners.values()
-        if (call_ref is None or r.request.call_ref == call_ref)
-        and (
-            state is None
-            or (state == "ended") == (r.state is CallState.ENDED)  # active: any other state
-        )
+        v
+        for v in views.values()
+        if (call_ref is None or v.call_ref == call_ref)
+        and (state is None or (state == "ended") == v.ended)  # active: any other state
     ]
-    selected.sort(key=lambda r: r.record.created_at, reverse=True)
-    calls = [call_view(r) for r in selected[:limit]]
+    selected.sort(key=lambda v: v.created_at, reverse=True)
+    calls = [call_view(v) for v in selected[:limit]]
     return web.json_response({"calls": calls, "count": len(calls), "total": len(selected)})

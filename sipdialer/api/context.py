@@ -13,7 +13,7 @@ from aiohttp import web
 
 from sipdialer.api.counters import CallCounters, RtpTotals
 from sipdialer.config import Config
-from sipdialer.engine.dialer import Dialer
+from sipdialer.engine.directory import CallDirectory
 from sipdialer.sip.registrar import Registrar
 from sipdialer.sip.registration import RegistrationStatus
 
@@ -33,7 +33,8 @@ class ApiContext:
     """What the handlers see of the running service."""
 
     config: Config
-    dialer: Dialer
+    #: The calls: placed, live and recently finished (the dialer, as frozen views).
+    calls: CallDirectory
     counters: CallCounters
     #: The CDR sink the service was given (the notifier in production); its optional
     #: ``status()`` feeds health and metrics.

@@ -1,6 +1,6 @@
 """``GET /click2dial/extensions``: the configured extensions and their registered phones.
 
-Owns only the listing; the bindings belong to :class:`~sipdialer.registrar.Registrar`.
+Owns only the listing; the bindings belong to :class:`~sipdialer.sip.registrar.Registrar`.
 Passwords are never shown.
 """
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -63,7 +63,7 @@ def notifier_status(notifier: object) -> dict[str, Any] | None:
 class HealthTracker:
     """Remembers since when the notifier has reported Redis down (monotonic seconds)."""
 
-    def __init__(self, grace: float, clock: Any = time.monotonic) -> None:
+    def __init__(self, grace: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.grace = grace
         self.clock = clock
         self.redis_down_since: float | None = None
@@ -99,7 +99,7 @@ def _trunk(ctx: ApiContext, problems: list[str]) -> dict[str, Any] | None:
         problems.append("no trunk configured")
         return None
     info: dict[str, Any] = {
-        "registrar": f"{trunk.registrar[0]}:{trunk.registrar[1]}/{trunk.transport}",
+        "registrar": trunk.label,
         "register": trunk.register,
         "state": "not_registering",
         "registered": None,
@@ -140,7 +140,6 @@ def health_report(ctx: ApiContext, tracker: HealthTracker) -> tuple[bool, dict[s
         notifier["redis_down_for"] = round(down_for, 1)
         if down_for > tracker.grace:
             problems.append(f"redis unreachable for {down_for:.0f} s")
-    dialer = ctx.dialer
     doc = {
         "status": "ok" if not problems else "unavailable",
         "ready": not problems,
@@ -148,7 +147,7 @@ def health_report(ctx: ApiContext, tracker: HealthTracker) -> tuple[bool, dict[s
         "trunk": trunk,
         "notifier": notifier,
         "calls": {
-            "active": len(dialer.active),
+            "active": ctx.calls.active_count(),
             "max_concurrent": ctx.config.calls.max_concurrent,
         },
     }

@@ -2,7 +2,7 @@
 string, a JSON object, an urlencoded form or a multipart form.
 
 Returns every value given for each name (``{"agent": ["1000"], ...}``), without judging
-them — :mod:`sipdialer.validation` does that — so that a field given twice, or in both the
+them — :mod:`sipdialer.engine.request` does that — so that a field given twice, or in both the
 query string and the body, is seen as such. What cannot be read at all is a
 :class:`MalformedRequest` (400, or 415 for a body type we do not take); a body over
 ``[http] max_body_bytes`` is aiohttp's 413.

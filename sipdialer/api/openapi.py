@@ -1,7 +1,14 @@
-"""The OpenAPI 3.1 document of the HTTP API, written by hand, and ``GET /openapi.json``.
+"""The OpenAPI 3.1 document of the HTTP API, and ``GET /openapi.json``.
 
-Kept in step with the router by ``tests/test_api.py``, which walks the application's routes
-and checks each method and path is described here (and nothing else is).
+Written by hand, but for the value patterns, which are generated from the rules that judge
+the values: the call fields' from :data:`sipdialer.engine.request.FIELD_PATTERNS`, the call
+id's from :data:`sipdialer.engine.directory.CALL_ID` and the recording reference's from
+:data:`sipdialer.rtp.recorder.RECORDING_REF`, each anchored as ``"^" + rule + "$"`` (in
+ECMA-262, which JSON Schema uses, ``$`` without the ``m`` flag is the end of the input).
+
+Kept in step with the router by ``tests/service/test_api.py``, which walks the
+application's routes and checks each method and path is described here (and nothing else
+is); ``tests/unit/test_openapi_patterns.py`` checks the patterns against the rules.
 """
 
 from __future__ import annotations
@@ -12,15 +19,25 @@ from typing import Any
 from aiohttp import web
 
 from sipdialer import __version__
+from sipdialer.engine import directory, request
+from sipdialer.rtp import recorder
 
-__all__ = ["document", "openapi_json"]
+__all__ = ["FIELD_PATTERNS", "document", "openapi_json"]
 
-AGENT = "^([0-9]{3,4}|0[1-9][0-9]{8}|27[0-9]{9}|00[0-9]{11,14})$"
-CALLEE = "^(0[1-9][0-9]{8}|27[0-9]{9}|00[0-9]{11,14})$"
-OUTBOUND_ID = "^(0[1-9][0-9]{8}|27[0-9]{9})$"
-CALL_REF = "^[A-Za-z0-9._~:-]{1,128}$"
-CALL_ID = "^[0-9a-f]{32}$"
-RECORDING_REF = "^[A-Za-z0-9_-]{16,64}$"
+
+def _anchored(rule: str) -> str:
+    """A rule matched against a whole value, as a JSON Schema ``pattern``."""
+    return f"^{rule}$"
+
+
+#: Each call field's ``pattern`` in the document.
+FIELD_PATTERNS = {name: _anchored(rule) for name, rule in request.FIELD_PATTERNS.items()}
+AGENT = FIELD_PATTERNS["agent"]
+CALLEE = FIELD_PATTERNS["callee"]
+OUTBOUND_ID = FIELD_PATTERNS["outbound_id"]
+CALL_REF = FIELD_PATTERNS["call_ref"]
+CALL_ID = _anchored(directory.CALL_ID.pattern)
+RECORDING_REF = _anchored(recorder.RECORDING_REF.pattern)
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_INT = {"type": ["integer", "null"]}

@@ -119,7 +119,10 @@ def _if_range_holds(value: str, v: Validators) -> bool:
     value = value.strip()
     if value.startswith(('"', "W/")):
         tags = _etags(value)
-        return bool(tags) and len(tags) == 1 and not tags[0][0] and tags[0][1] == _opaque(v.etag)
+        # None is "*", which is no entity tag: If-Range needs exactly one strong tag
+        return (
+            tags is not None and len(tags) == 1 and not tags[0][0] and tags[0][1] == _opaque(v.etag)
+        )
     date = _parse_date(value)
     return date is not None and date == v.last_modified
 

@@ -5,7 +5,7 @@ the answer is 404 before the file system is touched; the file is
 ``<[recording] directory>/<ref>.wav``, resolved and checked to lie directly in the
 directory, opened without following a final symlink, and must be a regular file — any
 failure is 404 too. What to send (200, 206, 304, 412, 416) is decided by
-:func:`sipdialer.byte_ranges.plan_download` from one ``fstat`` of the open file, and the
+:func:`sipdialer.api.ranges.plan_download` from one ``fstat`` of the open file, and the
 bytes are then streamed from that same descriptor in chunks (a recording may be an hour of
 audio, ~115 MB; it is never read whole). A recording of a call still running grows; its
 ETag changes with every write, so ``If-Range`` protects resumed downloads.

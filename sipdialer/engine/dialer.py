@@ -6,6 +6,10 @@ state machine decides (:class:`~sipdialer.call.Act`), turns what the two
 points the media :class:`~sipdialer.rtp.relay.Bridge` at the addresses the SDP gives, and
 at the end hands exactly one :class:`~sipdialer.cdr.Cdr` to the sink.
 
+It is also the :class:`~sipdialer.engine.directory.CallDirectory` the API sees
+(:attr:`Dialer.directory`): frozen :class:`~sipdialer.engine.directory.CallView` snapshots
+of its calls, never the live :class:`CallRunner` objects.
+
 Decisions: the agent's phone shows the callee's number in From (``show_callee_to_agent``);
 the callee sees ``outbound_id`` in From and P-Asserted-Identity; numbers are dialled as
 given (``sip:0820001234@domain``); recording starts when the callee answers.
@@ -15,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,8 +34,10 @@ from sipdialer.config import DEFAULT_PORTS, Config
 from sipdialer.engine.call import Act, Call, CallState, CallStateError, CallTimers, Ev
 from sipdialer.engine.causes import Outcome, classify
 from sipdialer.engine.cdr import CallRecord, Cdr, CdrSink, build_cdr
+from sipdialer.engine.directory import CallView, LegRtp, TimelineEntry
 from sipdialer.engine.errors import EngineError
 from sipdialer.engine.leg import Leg, LegState, LegTarget
+from sipdialer.engine.request import CallRequest
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import Recorder, new_recording_ref
 from sipdialer.rtp.relay import Bridge, Codec, MediaLeg
@@ -41,25 +47,22 @@ if TYPE_CHECKING:
     from sipdialer.aio.trunk_route import TrunkRoute
     from sipdialer.sip.registrar import Registrar
 
+__all__ = [
+    "AgentNotRegistered",
+    "CallRequest",
+    "CallRunner",
+    "Dialer",
+    "DialerDirectory",
+    "codec_from_answer",
+]
+
 log = logging.getLogger("sipdialer.call")
 
-_NUMBER = re.compile(r"\+?[0-9]{3,20}\Z")
 SUPPORTED_CODECS = ("PCMU", "PCMA")
 OFFER_CODECS = [("PCMU", 0), ("PCMA", 8)]
 DTMF_PT = 101
-
-
-@dataclass(frozen=True)
-class CallRequest:
-    agent: str
-    callee: str
-    outbound_id: str
-    call_ref: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("agent", "callee", "outbound_id"):
-            if not _NUMBER.match(getattr(self, name)):
-                raise ValueError(f"{name}: not a dialable number")
+#: The relay's leg names as the API names them.
+_MEDIA_LEGS = {"A": "agent", "B": "callee"}
 
 
 #: Leg states whose INVITE still awaits its final response.
@@ -125,12 +128,14 @@ class CallRunner:
         self.outcome: Outcome | None = None
         self.cdr: Cdr | None = None
         self.timeline: list[dict[str, object]] = []
+        self._timeline: list[TimelineEntry] = []  # the same, typed, for views
         self.done = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._session = secrets.randbelow(2**31)
         self._sdp_version = 1
         self._fork_failures: list[tuple[int, tuple[str, ...], bool]] = []
         self._tag = self.id[:12]
+        self._final_view: CallView | None = None  # once the CDR is out, until a change
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -177,7 +182,9 @@ class CallRunner:
 
     def _note_state(self) -> None:
         st = self.call.state.value
-        self.timeline.append({"at": time.time(), "state": st})
+        at = time.time()
+        self.timeline.append({"at": at, "state": st})
+        self._timeline.append(TimelineEntry(at=at, state=st))
         log.info(
             "event=call_state call=%s state=%s agent=%s callee=%s call_ref=%s",
             self._tag,
@@ -337,7 +344,7 @@ class CallRunner:
         d = self.dialer
         media = self.bridge.a if name == "agent" else self.bridge.b
         target = target or d.target_for(name, self.request)
-        offer = build_sdp(
+        our_offer = build_sdp(
             address=d.rtp_host,
             port=media.local_port,
             session_id=self._session,
@@ -346,12 +353,13 @@ class CallRunner:
             dtmf_pt=DTMF_PT,
         )
 
-        def answer_reinvite(sdp: AudioOffer | None) -> bytes | None:
-            if sdp is None:
-                return offer
+        # the parameter's name is the ReinviteAnswerer protocol's (mypy checks it)
+        def answer_reinvite(offer: AudioOffer | None) -> bytes | None:
+            if offer is None:  # an offerless re-INVITE: we offer again
+                return our_offer
             self._sdp_version += 1  # RFC 3264 §8: every new SDP of ours gets a new version
             return answer_for(
-                sdp,
+                offer,
                 address=d.rtp_host,
                 port=media.local_port,
                 session_id=self._session,
@@ -364,7 +372,7 @@ class CallRunner:
             d.ua,
             target,
             self,
-            sdp_offer=offer,
+            sdp_offer=our_offer,
             answer_reinvite=answer_reinvite,
             call_tag=self._tag,
         )
@@ -449,6 +457,7 @@ class CallRunner:
         """Fill in each leg's final SIP status the record does not have yet (the 487 of a
         cancelled INVITE, the 200 that crossed our CANCEL)."""
         agents = [self.agent] if self.agent is not None else self.agent_forks
+        before = (self.record.agent_status, self.record.callee_status)
         if self.record.agent_status is None:
             for leg in agents:
                 if leg.final_status is not None:
@@ -457,6 +466,8 @@ class CallRunner:
         callee = self.callee
         if self.record.callee_status is None and callee is not None:
             self.record.callee_status = callee.final_status
+        if (self.record.agent_status, self.record.callee_status) != before:
+            self._final_view = None
 
     # ---- what the API shows ----------------------------------------------------------------
     def _cdr_view(self) -> dict[str, object] | None:
@@ -468,6 +479,53 @@ class CallRunner:
             return None
         self._collect_statuses()
         return build_cdr(self.record, self.outcome, public_url=self.dialer.public_url).cdr_payload()
+
+    def _rtp_view(self) -> tuple[LegRtp, ...]:
+        if self.bridge is None:
+            return ()
+        return tuple(
+            LegRtp(
+                leg=_MEDIA_LEGS.get(leg.name, leg.name),
+                packets_in=leg.packets_in,
+                packets_out=leg.packets_out,
+                packets_dropped=leg.packets_dropped,
+                bytes_in=leg.bytes_in,
+            )
+            for leg in (self.bridge.a, self.bridge.b)
+        )
+
+    def view(self) -> CallView:
+        """The call as it stands, frozen (what the API renders). A finished call's view
+        is kept once its CDR is out (the housekeeping reads every recent call each
+        second)."""
+        if self._final_view is not None:
+            return self._final_view
+        r = self.record
+        # the statuses before the CDR view, which may fill them in (as snapshot() does)
+        agent_status, callee_status = r.agent_status, r.callee_status
+        cdr = self._cdr_view()
+        view = CallView(
+            id=self.id,
+            call_ref=self.request.call_ref,
+            agent=self.request.agent,
+            callee=self.request.callee,
+            outbound_id=self.request.outbound_id,
+            state=self.call.state.value,
+            ended=self.call.state is CallState.ENDED,
+            timeline=tuple(self._timeline),
+            created_at=r.created_at,
+            agent_answered_at=r.agent_answered_at,
+            bridged_at=r.bridged_at,
+            ended_at=r.ended_at,
+            agent_sip_status=agent_status,
+            callee_sip_status=callee_status,
+            recording_ref=r.recording_ref,
+            cdr=MappingProxyType(cdr) if cdr is not None else None,
+            rtp=self._rtp_view(),
+        )
+        if self.cdr is not None and self.done.is_set():
+            self._final_view = view
+        return view
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -510,6 +568,8 @@ class Dialer:
         self.active: dict[str, CallRunner] = {}
         self.recent: dict[str, CallRunner] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: What the API sees of the calls.
+        self.directory = DialerDirectory(self)
 
     async def originate(self, request: CallRequest) -> CallRunner:
         runner = CallRunner(self, request)
@@ -611,3 +671,35 @@ class Dialer:
             credentials=creds,
             extra_headers=extra,
         )
+
+
+class DialerDirectory:
+    """The :class:`~sipdialer.engine.directory.CallDirectory` of a :class:`Dialer`: its
+    calls as frozen views, and the two things the API may do to them."""
+
+    def __init__(self, dialer: Dialer) -> None:
+        self._dialer = dialer
+
+    def get(self, call_id: str) -> CallView | None:
+        runner = self._dialer.get(call_id)
+        return runner.view() if runner is not None else None
+
+    def active(self) -> Sequence[CallView]:
+        return [runner.view() for runner in list(self._dialer.active.values())]
+
+    def recent(self) -> Sequence[CallView]:
+        return [runner.view() for runner in list(self._dialer.recent.values())]
+
+    def active_count(self) -> int:
+        return len(self._dialer.active)
+
+    async def originate(self, request: CallRequest) -> CallView:
+        runner = await self._dialer.originate(request)
+        return runner.view()
+
+    def hangup(self, call_id: str) -> bool:
+        runner = self._dialer.get(call_id)
+        if runner is None or runner.state is CallState.ENDED:
+            return False
+        runner.hangup()
+        return True

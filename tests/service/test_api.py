@@ -583,10 +583,26 @@ async def test_metrics(tmp_path: Path) -> None:
     sink.state.update(outbox_depth=4, pushed_total=17)
     async with api_service(tmp_path, sink=sink) as lab:
         created = await create(lab)
+        async with lab.client.get("/click2dial/calls/" + "0" * 32) as resp:
+            assert resp.status == 404
+        async with lab.client.get("/no/such/route") as resp:
+            assert resp.status == 404
         async with lab.client.get("/metrics") as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             m = parse_metrics(await resp.text())
+        # API latency by route name and status class (this scrape is not in it yet)
+        latency = "sipdialer_http_request_duration_seconds"
+        assert m[f'{latency}_count{{route="calls",status_class="2xx"}}'] == 1
+        assert m[f'{latency}_count{{route="call",status_class="4xx"}}'] == 1
+        assert m[f'{latency}_count{{route="unmatched",status_class="4xx"}}'] == 1
+        assert m[f'{latency}_bucket{{le="+Inf",route="calls",status_class="2xx"}}'] == 1
+        assert not any(k.startswith(f'{latency}_count{{route="metrics"') for k in m)
+        # call set-up time (no call has been bridged) and the process collector
+        assert m["sipdialer_call_setup_seconds_count"] == 0
+        assert m['sipdialer_call_setup_seconds_bucket{le="+Inf"}'] == 0
+        assert m["process_resident_memory_bytes"] > 0
+        assert m["process_open_fds"] > 0
         assert m["sipdialer_calls_active"] == 1
         for d in DISPOSITIONS:
             assert m[f'sipdialer_calls_total{{disposition="{d}"}}'] == 0
@@ -604,6 +620,9 @@ async def test_metrics(tmp_path: Path) -> None:
             m = parse_metrics(await resp.text())
         assert m['sipdialer_calls_total{disposition="NO ANSWER"}'] == 1
         assert m["sipdialer_calls_active"] == 0
+        assert m["sipdialer_call_setup_seconds_count"] == 0  # never bridged
+        assert m[f'{latency}_count{{route="metrics",status_class="2xx"}}'] == 1
+        assert m[f'{latency}_count{{route="call_delete",status_class="2xx"}}'] == 1
 
 
 # ---- the OpenAPI document --------------------------------------------------------------------

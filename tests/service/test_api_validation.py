@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from sipdialer.engine.validation import (
+from sipdialer.engine.request import (
     NOT_A_STRING,
     REQUIRED,
     validate_call_request,
