@@ -1,30 +1,59 @@
 """One outbound call leg: our INVITE to a phone or the trunk, and the dialog it creates.
 
 Owns the UAC side of a leg, as a state machine over the sans-IO transaction and dialog
-objects (it only sends through the :class:`UserAgent`):
+objects (it only sends through the :class:`UserAgent`). The leg reports to its
+:class:`LegListener` (the call engine) and never decides the call's fate itself.
 
-    state        event                                  → state        what we do
-    idle         invite()                               → calling      INVITE
-    calling      1xx                                    → proceeding   tell the call (SDP?)
-    calling/     401/407 (first time for this nonce)    → calling      INVITE again + digest
-      proceeding
-    calling/     2xx                                    → confirmed    ACK; tell the call
-      proceeding
-    calling/     3xx–6xx, timeout, transport error      → terminated   tell the call
-      proceeding
-    calling/     hangup()                               → cancelling   CANCEL (sent with the
-      proceeding                                                        first 1xx if none yet)
-    cancelling   2xx (crossed our CANCEL)               → terminating  ACK, then BYE
-    cancelling   3xx–6xx (487), timeout                 → terminated
-    confirmed    hangup()                               → terminating  BYE
-    confirmed    BYE from the peer                      → terminated   200; tell the call
-    confirmed    re-INVITE                              → confirmed    200 + our SDP; tell the
-                                                                        call (media moved)
-    confirmed    OPTIONS / INFO / UPDATE                → confirmed    200
-    terminating  BYE answered or timed out              → terminated
+Theory of operation
+-------------------
+Every input — a command from the call, a response to our INVITE or BYE, a request from
+the peer inside the dialog — goes through one table, :attr:`Leg.TABLE`,
+``{state: {input: (next state, action)}}``, and :meth:`Leg._fire` is the one place that
+changes the state. Unlike the transactions', the state changes *before* the action runs:
+actions call the listener, which may call back in (hang this leg up, ask whether an
+INVITE is still pending) and must find the new state.
 
-A retransmitted 2xx (ours was lost) is ACKed again, whatever the state. The leg reports
-to its :class:`LegListener` (the call engine) and never decides the call's fate itself.
+    state         input                                  → state         action
+    idle          invite()                               → calling       INVITE
+    idle          hangup()                               → terminated
+    calling,      1xx (100 Trying aside)                 → proceeding    tell the call (SDP?)
+      proceeding
+    calling,      401/407 we can answer (credentials,    → same          INVITE again + digest
+      proceeding    under 2 tries, a usable challenge)
+    calling,      2xx                                    → confirmed     tell the call (SDP)
+      proceeding
+    calling,      other 3xx–6xx                          → terminated    tell the call: failed
+      proceeding
+    calling,      timeout, transport error               → terminated    tell the call:
+      proceeding                                                          unreachable (408)
+    calling,      hangup()                               → cancelling    CANCEL (sent with the
+      proceeding                                                          first 1xx if none yet)
+    cancelling    2xx (crossed our CANCEL)               → terminating   BYE
+    cancelling    3xx–6xx (the 487), timeout             → terminated
+    confirmed     hangup()                               → terminating   BYE
+    confirmed     BYE from the peer                      → terminated    tell the call
+    terminating   BYE from the peer (crossed ours)       → terminated
+    confirmed,    re-INVITE / UPDATE with SDP            → same          200 + our SDP (488 if
+      terminating                                                         unusable); tell the
+                                                                          call (media moved)
+    confirmed,    OPTIONS / INFO, UPDATE or re-INVITE    → same          200 (+ our SDP to a
+      terminating   without SDP                                           re-INVITE)
+    confirmed,    2xx of another fork                    → same          BYE it
+      terminating,
+      terminated
+    terminating   our BYE answered or timed out          → terminated
+    cancelling,   hangup() again                         → same
+      terminating,
+      terminated
+
+Entering terminated always ends with ``leg_terminated`` (and forgets the dialog). Some
+work comes before the table, the same in every state: each 2xx to the INVITE is ACKed as
+it arrives — a retransmission (our ACK was lost) with the same ACK again, also after the
+transaction has ended, and only a 2xx that makes a new dialog goes on to the table; a
+peer's BYE is answered 200, and an in-dialog request that fails the dialog's checks
+gets the dialog's answer (481, 500). An input from the network that a state does not
+list is absorbed (a 1xx after our CANCEL, a late final of another fork, the answer to a
+BYE of another fork); ``invite()`` outside idle raises :class:`LegStateError`.
 """
 
 from __future__ import annotations
@@ -33,12 +62,13 @@ import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Protocol
+from enum import Enum, StrEnum
+from typing import ClassVar, Protocol
 
 from sipdialer.aio.useragent import ALLOW, UserAgent
+from sipdialer.engine.errors import EngineError
 from sipdialer.sip.dialog import Dialog
-from sipdialer.sip.digest import ClientAuthenticator, DigestError
+from sipdialer.sip.digest import ClientAuthenticator, DigestError, pick_challenge
 from sipdialer.sip.errors import SipParseError
 from sipdialer.sip.events import (
     Event,
@@ -56,6 +86,10 @@ log = logging.getLogger("sipdialer.leg")
 Addr = tuple[str, int]
 
 
+class LegStateError(EngineError):
+    """The call asked a leg for something its state does not allow."""
+
+
 class LegState(StrEnum):
     IDLE = "idle"
     CALLING = "calling"
@@ -64,6 +98,37 @@ class LegState(StrEnum):
     CANCELLING = "cancelling"
     TERMINATING = "terminating"
     TERMINATED = "terminated"
+
+
+class LegInput(Enum):
+    # from the call
+    INVITE = "invite()"
+    HANGUP = "hangup()"
+    # from our INVITE's transaction
+    RECV_1XX = "1xx to the INVITE (but 100)"
+    RECV_2XX = "2xx to the INVITE making a new dialog"
+    RECV_CHALLENGE = "401/407 to the INVITE that we can answer"
+    RECV_FAILURE = "3xx-6xx to the INVITE"
+    INVITE_UNANSWERED = "INVITE timed out or could not be sent"
+    # from our BYE's transaction
+    BYE_ENDED = "our BYE answered or timed out"
+    # from the peer, inside the dialog
+    RECV_BYE = "BYE from the peer"
+    RECV_REOFFER = "re-INVITE or UPDATE with SDP"
+    RECV_REQUEST = "other in-dialog request"
+
+
+PROGRAM_INPUTS = frozenset({LegInput.INVITE, LegInput.HANGUP})
+
+IDLE = LegState.IDLE
+CALLING = LegState.CALLING
+PROCEEDING = LegState.PROCEEDING
+CONFIRMED = LegState.CONFIRMED
+CANCELLING = LegState.CANCELLING
+TERMINATING = LegState.TERMINATING
+TERMINATED = LegState.TERMINATED
+
+LegTable = dict[LegState, dict[LegInput, tuple[LegState, str | None]]]
 
 
 class LegListener(Protocol):
@@ -95,6 +160,55 @@ class LegTarget:
 class Leg:
     """An outbound INVITE leg. ``name`` is ``"agent"`` or ``"callee"``."""
 
+    TABLE: ClassVar[LegTable] = {
+        IDLE: {
+            LegInput.INVITE: (CALLING, "send_invite"),
+            LegInput.HANGUP: (TERMINATED, "report_end"),
+        },
+        CALLING: {
+            LegInput.RECV_1XX: (PROCEEDING, "progress"),
+            LegInput.RECV_CHALLENGE: (CALLING, "invite_with_digest"),
+            LegInput.RECV_2XX: (CONFIRMED, "answered"),
+            LegInput.RECV_FAILURE: (TERMINATED, "failed"),
+            LegInput.INVITE_UNANSWERED: (TERMINATED, "unreachable"),
+            LegInput.HANGUP: (CANCELLING, "send_cancel"),
+        },
+        PROCEEDING: {
+            LegInput.RECV_1XX: (PROCEEDING, "progress"),
+            LegInput.RECV_CHALLENGE: (PROCEEDING, "invite_with_digest"),
+            LegInput.RECV_2XX: (CONFIRMED, "answered"),
+            LegInput.RECV_FAILURE: (TERMINATED, "failed"),
+            LegInput.INVITE_UNANSWERED: (TERMINATED, "unreachable"),
+            LegInput.HANGUP: (CANCELLING, "send_cancel"),
+        },
+        CANCELLING: {
+            LegInput.RECV_2XX: (TERMINATING, "answered_after_cancel"),
+            LegInput.RECV_CHALLENGE: (TERMINATED, "cancelled"),
+            LegInput.RECV_FAILURE: (TERMINATED, "cancelled"),
+            LegInput.INVITE_UNANSWERED: (TERMINATED, "unanswered_after_cancel"),
+            LegInput.HANGUP: (CANCELLING, None),
+        },
+        CONFIRMED: {
+            LegInput.HANGUP: (TERMINATING, "send_bye"),
+            LegInput.RECV_BYE: (TERMINATED, "bye_received"),
+            LegInput.RECV_REOFFER: (CONFIRMED, "answer_reoffer"),
+            LegInput.RECV_REQUEST: (CONFIRMED, "answer_request"),
+            LegInput.RECV_2XX: (CONFIRMED, "bye_other_fork"),
+        },
+        TERMINATING: {
+            LegInput.BYE_ENDED: (TERMINATED, "report_end"),
+            LegInput.RECV_BYE: (TERMINATED, "bye_crossed"),
+            LegInput.RECV_REOFFER: (TERMINATING, "answer_reoffer"),
+            LegInput.RECV_REQUEST: (TERMINATING, "answer_request"),
+            LegInput.RECV_2XX: (TERMINATING, "bye_other_fork"),
+            LegInput.HANGUP: (TERMINATING, None),
+        },
+        TERMINATED: {
+            LegInput.RECV_2XX: (TERMINATED, "bye_other_fork"),
+            LegInput.HANGUP: (TERMINATED, None),
+        },
+    }
+
     def __init__(
         self,
         name: str,
@@ -113,7 +227,7 @@ class Leg:
         self.sdp_offer = sdp_offer
         self.answer_reinvite = answer_reinvite
         self.log_ctx = f"call={call_tag} leg={name}"
-        self.state = LegState.IDLE
+        self.state = IDLE
         self.call_id = secrets.token_hex(12)
         self.from_tag = secrets.token_hex(6)
         self.cseq = 0
@@ -126,29 +240,123 @@ class Leg:
         )
         self._auth_tries = 0
         self._acks: dict[str, Request] = {}  # to-tag → ACK we sent for its 2xx
-        self._reported_end = False
 
     # ---- commands from the call ----------------------------------------------------------
     def invite(self) -> None:
-        assert self.state is LegState.IDLE
-        self.state = LegState.CALLING
-        self._send_invite()
+        """Send the INVITE; raises LegStateError unless the leg is idle."""
+        self._fire(LegInput.INVITE)
 
     def hangup(self, reason: str | None = None) -> None:
         """End this leg however its state requires (CANCEL, BYE, or nothing)."""
-        st = self.state
-        if st in (LegState.CALLING, LegState.PROCEEDING):
-            self.state = LegState.CANCELLING
-            if self.invite_tx is not None:
-                self.ua.send_cancel(self.invite_tx, reason)
-            log.info("event=leg_cancel %s", self.log_ctx)
-        elif st is LegState.CONFIRMED:
-            self._send_bye(reason)
-        elif st is LegState.IDLE:
-            self._terminated()
+        self._fire(LegInput.HANGUP, reason=reason)
 
-    # ---- the INVITE and its responses ----------------------------------------------------
-    def _send_invite(self) -> None:
+    # ---- the machine ----------------------------------------------------------------------
+    def _fire(self, event: LegInput, /, **payload: object) -> None:
+        """Take ``event``'s row for the current state: change the state, then act."""
+        row = self.TABLE[self.state]
+        if event not in row:
+            if event in PROGRAM_INPUTS:
+                raise LegStateError(
+                    f"{self.name} leg: {event.value} is not allowed in {self.state}"
+                )
+            return  # absorbed
+        self.state, action = row[event]
+        if action is not None:
+            getattr(self, f"_{action}")(**payload)
+
+    # ---- what the network says, sorted into inputs ---------------------------------------
+    def _on_tx(self, event: Event) -> None:
+        if isinstance(event, ResponseReceived):
+            if event.transaction is self.invite_tx:
+                self._on_invite_response(event.response)
+            else:
+                self._on_other_response(event.response)
+        elif isinstance(event, TransactionTimeout | TransportError):
+            if event.transaction is self.invite_tx:
+                self._fire(
+                    LegInput.INVITE_UNANSWERED, transport_error=isinstance(event, TransportError)
+                )
+            else:
+                self._fire(LegInput.BYE_ENDED)
+
+    def _on_invite_response(self, resp: Response) -> None:
+        status = resp.status
+        if status < 200:
+            if status != 100:
+                self._fire(LegInput.RECV_1XX, response=resp)
+        elif status < 300:
+            dialog = self._ack_2xx(resp)
+            if dialog is not None:
+                self._fire(LegInput.RECV_2XX, response=resp, dialog=dialog)
+        elif status in (401, 407) and self._can_answer(resp):
+            self._fire(LegInput.RECV_CHALLENGE, response=resp)
+        else:
+            self._fire(LegInput.RECV_FAILURE, response=resp)
+
+    def _can_answer(self, resp: Response) -> bool:
+        """A 401/407 we have credentials for, have not answered twice, and can read."""
+        if self._auth is None or self._auth_tries >= 2:
+            return False
+        try:
+            pick_challenge(resp.headers.get_all(_challenge_header(resp)))
+        except DigestError:
+            return False
+        return True
+
+    def _ack_2xx(self, resp: Response) -> Dialog | None:
+        """ACK a 2xx to our INVITE: again with the same ACK for a retransmission (None),
+        else with a new one for the new dialog it makes, which is returned."""
+        assert self._invite is not None
+        try:
+            to_tag = resp.to_addr().tag or ""
+        except SipParseError:
+            return None
+        if to_tag in self._acks:  # a retransmission: our ACK was lost
+            self._send_ack(self._acks[to_tag])
+            return None
+        try:
+            dialog = Dialog.from_uac_response(self._invite, resp)
+        except SipParseError:
+            return None
+        ack = dialog.create_ack(self._invite.cseq()[0])
+        self._acks[to_tag] = ack
+        self._send_ack(ack, dialog)
+        return dialog
+
+    def _on_stray_2xx(self, event: ResponseReceived) -> None:
+        try:
+            to_tag = event.response.to_addr().tag or ""
+        except SipParseError:
+            return
+        if to_tag in self._acks:
+            self._send_ack(self._acks[to_tag])
+
+    def _on_other_response(self, resp: Response) -> None:
+        try:
+            _, method = resp.cseq()
+        except SipParseError:
+            return
+        if method == "BYE" and resp.status >= 200:
+            self._fire(LegInput.BYE_ENDED)
+
+    def _on_dialog_request(self, event: RequestReceived) -> None:
+        req = event.request
+        dialog = self.dialog
+        if dialog is None or req.method == "ACK":
+            return
+        problem = dialog.receive_request(req)
+        if problem is not None:
+            self.ua.answer(event, problem)
+        elif req.method == "BYE":
+            self.ua.answer(event, 200)
+            self._fire(LegInput.RECV_BYE, received=event)
+        elif req.method in ("INVITE", "UPDATE") and req.body:
+            self._fire(LegInput.RECV_REOFFER, received=event)
+        else:  # OPTIONS, INFO, UPDATE without SDP, re-INVITE without SDP (we offer again)
+            self._fire(LegInput.RECV_REQUEST, received=event)
+
+    # ---- actions ----------------------------------------------------------------------------
+    def _send_invite(self, **_: object) -> None:
         t = self.target
         self.cseq += 1
         display = f'"{t.from_display}" ' if t.from_display else ""
@@ -173,116 +381,110 @@ class Leg:
         self.ua.on_stray_2xx(self.call_id, self._on_stray_2xx)
         log.info("event=leg_invite %s uri=%s dest=%s:%d", self.log_ctx, t.request_uri, *t.dest)
 
-    def _on_tx(self, event: Event) -> None:
-        if isinstance(event, ResponseReceived):
-            if event.transaction is self.invite_tx:
-                self._on_invite_response(event.response)
-            else:
-                self._on_other_response(event.response)
-        elif isinstance(event, TransactionTimeout | TransportError):
-            if event.transaction is self.invite_tx:
-                self._on_invite_unreachable(isinstance(event, TransportError))
-            elif self.state is LegState.TERMINATING:
-                self._terminated()
-
-    def _on_invite_response(self, resp: Response) -> None:
-        status = resp.status
-        if status < 200:
-            if status == 100:
-                return
-            if self.state is LegState.CALLING:
-                self.state = LegState.PROCEEDING
-            if self.state is LegState.PROCEEDING:
-                self.listener.leg_progress(self, status, self._sdp_of(resp))
-            return
-        if status < 300:
-            self._on_2xx(resp)
-            return
-        if self.state in (LegState.CONFIRMED, LegState.TERMINATING, LegState.TERMINATED):
-            return  # a late final of another fork
-        if status in (401, 407) and self._retry_with_auth(resp):
-            return
-        self.final_status = status
-        cancelled = self.state is LegState.CANCELLING
-        self.state = LegState.TERMINATED
-        log.info("event=leg_failed %s status=%d cancelled=%s", self.log_ctx, status, cancelled)
-        if not cancelled:
-            self.listener.leg_failed(self, status, tuple(resp.headers.get_all("Reason")), False)
-        self._terminated()
-
-    def _retry_with_auth(self, resp: Response) -> bool:
-        if self._auth is None or self._auth_tries >= 2 or self.state is LegState.CANCELLING:
-            return False
-        name = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
-        try:
-            self._auth.on_challenge(resp.headers.get_all(name), proxy=resp.status == 407)
-        except DigestError:
-            return False
+    def _invite_with_digest(self, *, response: Response, **_: object) -> None:
+        assert self._auth is not None
+        self._auth.on_challenge(
+            response.headers.get_all(_challenge_header(response)), proxy=response.status == 407
+        )
         self._auth_tries += 1
         self._send_invite()
-        return True
 
-    def _on_2xx(self, resp: Response) -> None:
-        assert self._invite is not None
-        try:
-            to_tag = resp.to_addr().tag or ""
-        except SipParseError:
-            return
-        if to_tag in self._acks:  # a retransmission: our ACK was lost
-            self._send_ack(self._acks[to_tag])
-            return
-        try:
-            dialog = Dialog.from_uac_response(self._invite, resp)
-        except SipParseError:
-            return
-        ack = dialog.create_ack(self._invite.cseq()[0])
-        self._acks[to_tag] = ack
-        self._send_ack(ack, dialog)
-        if self.dialog is not None or self.state in (LegState.TERMINATING, LegState.TERMINATED):
-            # a second fork answered, or we already gave up: ACK and BYE it at once
-            self._bye_dialog(dialog, "Q.850;cause=16")
-            return
-        self.dialog = dialog
-        self.final_status = resp.status
-        self.ua.add_dialog(dialog.call_id, dialog.local_tag, self._on_dialog_request)
-        if self.state is LegState.CANCELLING:
-            log.info("event=leg_answer_crossed_cancel %s", self.log_ctx)
-            self._send_bye("Q.850;cause=16")
-            return
-        self.state = LegState.CONFIRMED
+    def _progress(self, *, response: Response, **_: object) -> None:
+        self.listener.leg_progress(self, response.status, self._sdp_of(response))
+
+    def _answered(self, *, response: Response, dialog: Dialog, **_: object) -> None:
+        self._adopt(dialog, response)
         log.info("event=leg_answered %s", self.log_ctx)
-        self.listener.leg_answered(self, self._sdp_of(resp))
+        self.listener.leg_answered(self, self._sdp_of(response))
 
-    def _on_stray_2xx(self, event: ResponseReceived) -> None:
+    def _answered_after_cancel(self, *, response: Response, dialog: Dialog, **_: object) -> None:
+        self._adopt(dialog, response)
+        log.info("event=leg_answer_crossed_cancel %s", self.log_ctx)
+        self._bye_dialog(dialog, "Q.850;cause=16")
+
+    def _bye_other_fork(self, *, dialog: Dialog, **_: object) -> None:
+        """A second fork answered, or we had already given up: BYE it at once."""
+        self._bye_dialog(dialog, "Q.850;cause=16")
+
+    def _failed(self, *, response: Response, **_: object) -> None:
+        self.final_status = response.status
+        log.info("event=leg_failed %s status=%d cancelled=False", self.log_ctx, response.status)
+        reason = tuple(response.headers.get_all("Reason"))
+        self.listener.leg_failed(self, response.status, reason, False)
+        self._report_end()
+
+    def _cancelled(self, *, response: Response, **_: object) -> None:
+        self.final_status = response.status
+        log.info("event=leg_failed %s status=%d cancelled=True", self.log_ctx, response.status)
+        self._report_end()
+
+    def _unreachable(self, *, transport_error: bool, **_: object) -> None:
+        self._note_unanswered(transport_error)
+        self.listener.leg_failed(self, 408, (), True)
+        self._report_end()
+
+    def _unanswered_after_cancel(self, *, transport_error: bool, **_: object) -> None:
+        self._note_unanswered(transport_error)
+        self._report_end()
+
+    def _send_cancel(self, *, reason: str | None, **_: object) -> None:
+        if self.invite_tx is not None:
+            self.ua.send_cancel(self.invite_tx, reason)
+        log.info("event=leg_cancel %s", self.log_ctx)
+
+    def _send_bye(self, *, reason: str | None, **_: object) -> None:
+        assert self.dialog is not None
+        self._bye_dialog(self.dialog, reason)
+
+    def _bye_received(self, *, received: RequestReceived, **_: object) -> None:
+        log.info("event=leg_bye_received %s", self.log_ctx)
+        self.listener.leg_bye(self, tuple(received.request.headers.get_all("Reason")))
+        self._report_end()
+
+    def _bye_crossed(self, **_: object) -> None:
+        log.info("event=leg_bye_received %s", self.log_ctx)
+        self._report_end()
+
+    def _answer_reoffer(self, *, received: RequestReceived, **_: object) -> None:
         try:
-            to_tag = event.response.to_addr().tag or ""
-        except SipParseError:
+            offer = parse_sdp(received.request.body)
+        except SdpError:
+            self.ua.answer(received, 488)
             return
-        if to_tag in self._acks:
-            self._send_ack(self._acks[to_tag])
-
-    def _send_ack(self, ack: Request, dialog: Dialog | None = None) -> None:
-        dialog = dialog or self.dialog
-        dest = self._next_hop(dialog) if dialog is not None else self.target.dest
-        assert self.ua.transport is not None
-        self.ua.transport.send_stateless(ack, dest, self.target.transport)
-
-    def _on_invite_unreachable(self, transport_error: bool) -> None:
-        if self.state in (LegState.CONFIRMED, LegState.TERMINATING, LegState.TERMINATED):
+        body = self.answer_reinvite(offer)
+        if body is None:
+            self.ua.answer(received, 488)
             return
-        was_cancelling = self.state is LegState.CANCELLING
-        self.state = LegState.TERMINATED
+        extra = [("Contact", f"<{self.target.contact_uri}>"), ("Content-Type", "application/sdp")]
+        self.ua.answer(received, 200, extra=extra, body=body)
+        log.info("event=leg_reinvite %s direction=%s", self.log_ctx, offer.direction)
+        self.listener.leg_media_changed(self, offer)
+
+    def _answer_request(self, *, received: RequestReceived, **_: object) -> None:
+        extra = [("Allow", ALLOW)]
+        body = b""
+        if received.request.method == "INVITE":
+            body = self.answer_reinvite(None) or b""
+            extra.append(("Content-Type", "application/sdp"))
+        extra.append(("Contact", f"<{self.target.contact_uri}>"))
+        self.ua.answer(received, 200, extra=extra, body=body)
+
+    def _report_end(self, **_: object) -> None:
+        """The leg has ended: forget its 2xx hook and dialog, and tell the call."""
+        self.ua.forget_stray_2xx(self.call_id)
+        if self.dialog is not None:
+            self.ua.remove_dialog(self.dialog.call_id, self.dialog.local_tag)
+        self.listener.leg_terminated(self)
+
+    # ---- what the actions share ----------------------------------------------------------
+    def _adopt(self, dialog: Dialog, response: Response) -> None:
+        self.dialog = dialog
+        self.final_status = response.status
+        self.ua.add_dialog(dialog.call_id, dialog.local_tag, self._on_dialog_request)
+
+    def _note_unanswered(self, transport_error: bool) -> None:
         self.final_status = self.final_status or 408
         log.info("event=leg_unreachable %s transport_error=%s", self.log_ctx, transport_error)
-        if not was_cancelling:
-            self.listener.leg_failed(self, 408, (), True)
-        self._terminated()
-
-    # ---- BYE --------------------------------------------------------------------------
-    def _send_bye(self, reason: str | None) -> None:
-        assert self.dialog is not None
-        self.state = LegState.TERMINATING
-        self._bye_dialog(self.dialog, reason)
 
     def _bye_dialog(self, dialog: Dialog, reason: str | None) -> None:
         extra = [("Reason", reason)] if reason else []
@@ -291,63 +493,12 @@ class Leg:
         self.ua.send_request(bye, self._next_hop(dialog), self.target.transport, self._on_tx)
         log.info("event=leg_bye_sent %s", self.log_ctx)
 
-    def _on_other_response(self, resp: Response) -> None:
-        try:
-            _, method = resp.cseq()
-        except SipParseError:
-            return
-        if method == "BYE" and resp.status >= 200 and self.state is LegState.TERMINATING:
-            self._terminated()
+    def _send_ack(self, ack: Request, dialog: Dialog | None = None) -> None:
+        dialog = dialog or self.dialog
+        dest = self._next_hop(dialog) if dialog is not None else self.target.dest
+        assert self.ua.transport is not None
+        self.ua.transport.send_stateless(ack, dest, self.target.transport)
 
-    # ---- requests inside our dialog -----------------------------------------------------
-    def _on_dialog_request(self, event: RequestReceived) -> None:
-        req = event.request
-        dialog = self.dialog
-        if dialog is None:
-            return
-        if req.method == "ACK":
-            return
-        problem = dialog.receive_request(req)
-        if problem is not None:
-            self.ua.answer(event, problem)
-            return
-        if req.method == "BYE":
-            self.ua.answer(event, 200)
-            if self.state is LegState.TERMINATED:
-                return
-            was = self.state
-            self.state = LegState.TERMINATED
-            log.info("event=leg_bye_received %s", self.log_ctx)
-            if was is LegState.CONFIRMED:
-                self.listener.leg_bye(self, tuple(req.headers.get_all("Reason")))
-            self._terminated()
-        elif req.method in ("INVITE", "UPDATE") and req.body:
-            self._on_reoffer(event)
-        else:  # OPTIONS, INFO, UPDATE without SDP, re-INVITE without SDP (we offer again)
-            extra = [("Allow", ALLOW)]
-            body = b""
-            if req.method == "INVITE":
-                body = self.answer_reinvite(None) or b""
-                extra.append(("Content-Type", "application/sdp"))
-            extra.append(("Contact", f"<{self.target.contact_uri}>"))
-            self.ua.answer(event, 200, extra=extra, body=body)
-
-    def _on_reoffer(self, event: RequestReceived) -> None:
-        try:
-            offer = parse_sdp(event.request.body)
-        except SdpError:
-            self.ua.answer(event, 488)
-            return
-        body = self.answer_reinvite(offer)
-        if body is None:
-            self.ua.answer(event, 488)
-            return
-        extra = [("Contact", f"<{self.target.contact_uri}>"), ("Content-Type", "application/sdp")]
-        self.ua.answer(event, 200, extra=extra, body=body)
-        log.info("event=leg_reinvite %s direction=%s", self.log_ctx, offer.direction)
-        self.listener.leg_media_changed(self, offer)
-
-    # ---- helpers ----------------------------------------------------------------------
     def _next_hop(self, dialog: Dialog) -> Addr:
         try:
             uri = dialog.next_hop()
@@ -369,15 +520,9 @@ class Leg:
         except SdpError:
             return None
 
-    def _terminated(self) -> None:
-        self.state = LegState.TERMINATED
-        if self._reported_end:
-            return
-        self._reported_end = True
-        self.ua.forget_stray_2xx(self.call_id)
-        if self.dialog is not None:
-            self.ua.remove_dialog(self.dialog.call_id, self.dialog.local_tag)
-        self.listener.leg_terminated(self)
+
+def _challenge_header(resp: Response) -> str:
+    return "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
 
 
 class ReinviteAnswerer(Protocol):

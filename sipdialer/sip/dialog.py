@@ -11,18 +11,48 @@ Routing: the route set is used with loose routing (§12.2.1.1) when its first en
 the Request-URI and the remote target is appended as the last Route. Either way the
 next hop to send to is :meth:`Dialog.next_hop`.
 
+Theory of operation
+-------------------
+A dialog's life is one table, :attr:`Dialog.TABLE`, ``{state: {input: (next state,
+action)}}``; :meth:`Dialog._fire` is the one place that changes ``state``, running the
+row's action first. A response the dialog absorbs (``update_from_response``) is first
+sorted into one input by its status and method (``_classify``); a response of another
+fork (other To tag), a 100, or one that means nothing to the dialog is no input at all.
+
+    state       input                                   → state       action
+    early       confirm() (UAS: our 2xx sent)           → confirmed
+    early       2xx to the INVITE                       → confirmed   route set from its
+                                                                      Record-Route, remote
+                                                                      target from its Contact
+    early       101–199 to a target refresh, 2xx to     → early       remote target from its
+                an UPDATE                                             Contact
+    early       3xx–6xx to the INVITE                   → terminated
+    confirmed   confirm() again                         → confirmed
+    confirmed,  2xx to a target refresh (INVITE,        → same        remote target from its
+      terminated  UPDATE)                                             Contact
+    early,      BYE received, 408/481 to any request    → terminated
+      confirmed   (§12.2.1.2), terminate()
+    terminated  terminate() again                       → terminated
+
+An input from the network that a state does not list is absorbed (a failed re-INVITE
+leaves a confirmed dialog as it was); ``confirm()`` of a terminated dialog raises
+:class:`DialogStateError`. What ``receive_request`` checks and takes from every
+in-dialog request whatever the state — the dialog match (481), the CSeq order (500), the
+remote target of a target refresh request — happens before the table; only BYE drives it.
+
 Also owns :class:`Uas2xxRetransmitter`, the timer that re-sends a UAS's 2xx to an INVITE
 until the ACK arrives (the transaction layer does not, RFC 6026).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import ClassVar
 
 from sipdialer.sip.address import Address, SipUri, parse_address, parse_uri
-from sipdialer.sip.errors import SipParseError
+from sipdialer.sip.errors import SipError, SipParseError
 from sipdialer.sip.events import Addr
 from sipdialer.sip.message import Headers, Request, Response
 from sipdialer.sip.timers import DEFAULT_TIMERS, TimerConfig
@@ -31,10 +61,36 @@ TARGET_REFRESH_METHODS = frozenset({"INVITE", "UPDATE"})
 """Requests whose Contact (and whose 2xx's Contact) replace the remote target."""
 
 
+class DialogStateError(SipError):
+    """The program asked a dialog for something its state does not allow."""
+
+
 class DialogState(Enum):
     EARLY = "early"
     CONFIRMED = "confirmed"
     TERMINATED = "terminated"
+
+
+class DialogInput(Enum):
+    # from the program (the transaction user)
+    CONFIRM = "confirm() (UAS: our 2xx sent)"
+    TERMINATE = "terminate()"
+    # from the network
+    RECV_BYE = "BYE received"
+    RECV_2XX_INVITE = "2xx to the INVITE (or a re-INVITE)"
+    RECV_2XX_UPDATE = "2xx to an UPDATE"
+    RECV_1XX_REFRESH = "101-199 to an INVITE or UPDATE"
+    RECV_FAILURE_INVITE = "3xx-6xx (but 408, 481) to the INVITE (or a re-INVITE)"
+    RECV_GONE = "408 or 481 to any request"
+
+
+PROGRAM_INPUTS = frozenset({DialogInput.CONFIRM, DialogInput.TERMINATE})
+
+EARLY = DialogState.EARLY
+CONFIRMED = DialogState.CONFIRMED
+TERMINATED = DialogState.TERMINATED
+
+DialogTable = dict[DialogState, dict[DialogInput, tuple[DialogState, str | None]]]
 
 
 def _without_tag(address: Address) -> Address:
@@ -79,9 +135,36 @@ class Dialog:
     """The peer's Contact URI: the Request-URI of in-dialog requests."""
     route_set: list[str] = field(default_factory=list)
     """Route header values, in the order they are to be sent."""
-    state: DialogState = DialogState.EARLY
+    state: DialogState = EARLY
+    """Changed only by :meth:`_fire`, following :attr:`TABLE`."""
     local_contact: str | None = None
     """Our Contact, sent in target refresh requests."""
+
+    TABLE: ClassVar[DialogTable] = {
+        EARLY: {
+            DialogInput.CONFIRM: (CONFIRMED, None),
+            DialogInput.TERMINATE: (TERMINATED, None),
+            DialogInput.RECV_BYE: (TERMINATED, None),
+            DialogInput.RECV_2XX_INVITE: (CONFIRMED, "take_route_set_and_target"),
+            DialogInput.RECV_2XX_UPDATE: (EARLY, "take_target"),
+            DialogInput.RECV_1XX_REFRESH: (EARLY, "take_target"),
+            DialogInput.RECV_FAILURE_INVITE: (TERMINATED, None),
+            DialogInput.RECV_GONE: (TERMINATED, None),
+        },
+        CONFIRMED: {
+            DialogInput.CONFIRM: (CONFIRMED, None),
+            DialogInput.TERMINATE: (TERMINATED, None),
+            DialogInput.RECV_BYE: (TERMINATED, None),
+            DialogInput.RECV_2XX_INVITE: (CONFIRMED, "take_target"),
+            DialogInput.RECV_2XX_UPDATE: (CONFIRMED, "take_target"),
+            DialogInput.RECV_GONE: (TERMINATED, None),
+        },
+        TERMINATED: {
+            DialogInput.TERMINATE: (TERMINATED, None),
+            DialogInput.RECV_2XX_INVITE: (TERMINATED, "take_target"),
+            DialogInput.RECV_2XX_UPDATE: (TERMINATED, "take_target"),
+        },
+    }
 
     # ---- creation (§12.1) ---------------------------------------------------------------
     @classmethod
@@ -91,7 +174,7 @@ class Dialog:
         local = invite.from_addr()
         if local.tag is None:
             raise SipParseError("our INVITE has no From tag")
-        state = DialogState.CONFIRMED if 200 <= response.status < 300 else DialogState.EARLY
+        state = CONFIRMED if 200 <= response.status < 300 else EARLY
         contact = _first_contact_uri(invite)
         return cls(
             call_id=invite.call_id,
@@ -139,12 +222,12 @@ class Dialog:
         return self.remote_address.uri
 
     def confirm(self) -> None:
-        """UAS: our 2xx was sent."""
-        if self.state is DialogState.EARLY:
-            self.state = DialogState.CONFIRMED
+        """UAS: our 2xx was sent. Raises DialogStateError once the dialog has ended."""
+        self._fire(DialogInput.CONFIRM)
 
     def terminate(self) -> None:
-        self.state = DialogState.TERMINATED
+        """We end the dialog (our BYE is on its way); again is harmless."""
+        self._fire(DialogInput.TERMINATE)
 
     # ---- requests within the dialog (§12.2.1) ---------------------------------------------
     def create_request(
@@ -228,7 +311,7 @@ class Dialog:
         if request.method in TARGET_REFRESH_METHODS:
             self.remote_target = _first_contact_uri(request) or self.remote_target
         if request.method == "BYE":
-            self.state = DialogState.TERMINATED
+            self._fire(DialogInput.RECV_BYE)
         return None
 
     def update_from_response(self, response: Response) -> None:
@@ -244,19 +327,49 @@ class Dialog:
             return
         if self.remote_tag is not None and to_tag != self.remote_tag:
             return
-        status, early = response.status, self.state is DialogState.EARLY
-        if status in (408, 481):
-            self.state = DialogState.TERMINATED
-        elif 200 <= status < 300:
-            if method == "INVITE" and early:
-                self.state = DialogState.CONFIRMED
-                self.route_set = list(reversed(response.headers.values("Record-Route")))
-            if method in TARGET_REFRESH_METHODS:
-                self.remote_target = _first_contact_uri(response) or self.remote_target
-        elif 100 < status < 200 and early and method in TARGET_REFRESH_METHODS:
-            self.remote_target = _first_contact_uri(response) or self.remote_target
-        elif status >= 300 and early and method == "INVITE":
-            self.state = DialogState.TERMINATED
+        event = _classify(response.status, method)
+        if event is not None:
+            self._fire(event, response)
+
+    # ---- the machine ------------------------------------------------------------------------
+    def _fire(self, event: DialogInput, response: Response | None = None) -> None:
+        """Run ``event``'s row for the current state: its action, then the state change."""
+        row = self.TABLE[self.state]
+        if event not in row:
+            if event in PROGRAM_INPUTS:
+                raise DialogStateError(
+                    f"dialog: {event.value} is not allowed in {self.state.value}"
+                )
+            return  # absorbed
+        new_state, action = row[event]
+        if action is not None:
+            assert response is not None  # only responses carry actions
+            run: Callable[[Response], None] = getattr(self, f"_{action}")
+            run(response)
+        self.state = new_state
+
+    def _take_target(self, response: Response) -> None:
+        self.remote_target = _first_contact_uri(response) or self.remote_target
+
+    def _take_route_set_and_target(self, response: Response) -> None:
+        """§13.2.2.4: the 2xx that confirms the dialog fixes its route set for good."""
+        self.route_set = list(reversed(response.headers.values("Record-Route")))
+        self._take_target(response)
+
+
+def _classify(status: int, method: str) -> DialogInput | None:
+    """What a response of our dialog means to it (None: nothing)."""
+    if status in (408, 481):
+        return DialogInput.RECV_GONE
+    if 200 <= status < 300:
+        if method == "INVITE":
+            return DialogInput.RECV_2XX_INVITE
+        return DialogInput.RECV_2XX_UPDATE if method == "UPDATE" else None
+    if 100 < status < 200:
+        return DialogInput.RECV_1XX_REFRESH if method in TARGET_REFRESH_METHODS else None
+    if status >= 300 and method == "INVITE":
+        return DialogInput.RECV_FAILURE_INVITE
+    return None
 
 
 class Uas2xxRetransmitter:

@@ -1,12 +1,22 @@
 """Tests for sipdialer.sip.dialog: RFC 3261 §12 dialogs on both sides, in-dialog requests
-and routing, CSeq checks, target refresh, and the UAS 2xx retransmission timer."""
+and routing, CSeq checks, target refresh, the UAS 2xx retransmission timer, and the
+dialog's transition table walked row by row against expectations written out here."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 
 from sipdialer.sip.address import parse_uri
-from sipdialer.sip.dialog import Dialog, DialogState, Uas2xxRetransmitter
+from sipdialer.sip.dialog import (
+    Dialog,
+    DialogInput,
+    DialogState,
+    DialogStateError,
+    Uas2xxRetransmitter,
+)
+from sipdialer.sip.errors import SipError
 from sipdialer.sip.message import Request, Response, make_response
 from sipdialer.sip.timers import TimerConfig
 
@@ -217,3 +227,136 @@ def test_uas_2xx_retransmitter_stops_on_ack_and_honours_timers() -> None:
     assert r.get_timer() == pytest.approx(10.3)
     r.ack_received()
     assert r.get_timer() is None and r.handle_timer(20.0) == [] and not r.timed_out
+
+
+# ---- the table, row by row ------------------------------------------------------------
+
+S, E = DialogState, DialogInput
+NEW_CONTACT = "<sip:bob@10.9.9.9>"
+NEW_ROUTE = "<sip:only.example.com;lr>"
+
+
+def to_invite(status: int) -> Response:
+    """A response to the INVITE that made the dialog, with a new Contact and Record-Route."""
+    resp = answer(invite(), status, contact=NEW_CONTACT)
+    resp.headers.set("Record-Route", NEW_ROUTE)
+    return resp
+
+
+def to_request(d: Dialog, method: str, status: int) -> Response:
+    """A response to a request we send in ``d`` (which consumes a CSeq number)."""
+    return answer(d.create_request(method), status, contact=NEW_CONTACT)
+
+
+INPUTS: dict[DialogInput, Callable[[Dialog], object]] = {
+    E.CONFIRM: lambda d: d.confirm(),
+    E.TERMINATE: lambda d: d.terminate(),
+    E.RECV_BYE: lambda d: d.receive_request(peer_request(d, "BYE", 900)),
+    E.RECV_2XX_INVITE: lambda d: d.update_from_response(to_invite(200)),
+    E.RECV_2XX_UPDATE: lambda d: d.update_from_response(to_request(d, "UPDATE", 200)),
+    E.RECV_1XX_REFRESH: lambda d: d.update_from_response(to_invite(183)),
+    E.RECV_FAILURE_INVITE: lambda d: d.update_from_response(to_invite(486)),
+    E.RECV_GONE: lambda d: d.update_from_response(to_request(d, "INFO", 481)),
+}
+
+
+def dialog_in(state: DialogState) -> Dialog:
+    """A UAC dialog brought to ``state`` through its inputs (early: from a 180)."""
+    req = invite()
+    if state is S.EARLY:
+        d = Dialog.from_uac_response(req, answer(req, 180, contact="<sip:bob@10.0.0.1>"))
+    else:
+        d = Dialog.from_uac_response(req, answer(req, 200, contact="<sip:bob@10.0.0.1>"))
+    if state is S.TERMINATED:
+        d.terminate()
+    assert d.state is state
+    return d
+
+
+OLD_ROUTES = ["<sip:p3.example.com;lr>", "<sip:p2.example.com;lr>", "<sip:p1.example.com;lr>"]
+
+# (state, input, next state, remote target after, route set after)
+EXPECTED: list[tuple[DialogState, DialogInput, DialogState, str, list[str]]] = [
+    (S.EARLY, E.CONFIRM, S.CONFIRMED, "sip:bob@10.0.0.1", OLD_ROUTES),
+    (S.EARLY, E.TERMINATE, S.TERMINATED, "sip:bob@10.0.0.1", OLD_ROUTES),
+    (S.EARLY, E.RECV_BYE, S.TERMINATED, "sip:bob@10.0.0.1", OLD_ROUTES),
+    (S.EARLY, E.RECV_2XX_INVITE, S.CONFIRMED, "sip:bob@10.9.9.9", [NEW_ROUTE]),
+    (S.EARLY, E.RECV_2XX_UPDATE, S.EARLY, "sip:bob@10.9.9.9", OLD_ROUTES),
+    (S.EARLY, E.RECV_1XX_REFRESH, S.EARLY, "sip:bob@10.9.9.9", OLD_ROUTES),
+    (S.EARLY, E.RECV_FAILURE_INVITE, S.TERMINATED, "sip:bob@10.0.0.1", OLD_ROUTES),
+    (S.EARLY, E.RECV_GONE, S.TERMINATED, "sip:bob@10.0.0.1", OLD_ROUTES),
+    (S.CONFIRMED, E.CONFIRM, S.CONFIRMED, "sip:bob@10.0.0.1", OLD_ROUTES),
+    (S.CONFIRMED, E.TERMINATE, S.TERMINATED, "sip:bob@10.0.0.1", OLD_ROUTES),
+    (S.CONFIRMED, E.RECV_BYE, S.TERMINATED, "sip:bob@10.0.0.1", OLD_ROUTES),
+    (S.CONFIRMED, E.RECV_2XX_INVITE, S.CONFIRMED, "sip:bob@10.9.9.9", OLD_ROUTES),
+    (S.CONFIRMED, E.RECV_2XX_UPDATE, S.CONFIRMED, "sip:bob@10.9.9.9", OLD_ROUTES),
+    (S.CONFIRMED, E.RECV_GONE, S.TERMINATED, "sip:bob@10.0.0.1", OLD_ROUTES),
+    (S.TERMINATED, E.TERMINATE, S.TERMINATED, "sip:bob@10.0.0.1", OLD_ROUTES),
+    (S.TERMINATED, E.RECV_2XX_INVITE, S.TERMINATED, "sip:bob@10.9.9.9", OLD_ROUTES),
+    (S.TERMINATED, E.RECV_2XX_UPDATE, S.TERMINATED, "sip:bob@10.9.9.9", OLD_ROUTES),
+]
+
+
+def test_the_expectations_cover_every_row_of_the_table() -> None:
+    rows = {(state, event) for state, row in Dialog.TABLE.items() for event in row}
+    assert {(row[0], row[1]) for row in EXPECTED} == rows
+    assert set(Dialog.TABLE) == set(DialogState)
+    for row in Dialog.TABLE.values():
+        for _, action in row.values():
+            assert action is None or callable(getattr(Dialog, f"_{action}", None)), action
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "next_state", "target", "routes"),
+    EXPECTED,
+    ids=[f"{row[0].value}-{row[1].name}" for row in EXPECTED],
+)
+def test_row(
+    state: DialogState,
+    event: DialogInput,
+    next_state: DialogState,
+    target: str,
+    routes: list[str],
+) -> None:
+    d = dialog_in(state)
+    INPUTS[event](d)
+    assert d.state is next_state
+    assert (d.remote_target, d.route_set) == (target, routes)
+
+
+# (state, input) from the network that the state does not list: absorbed
+ABSORBED = [
+    (S.CONFIRMED, E.RECV_1XX_REFRESH),
+    (S.CONFIRMED, E.RECV_FAILURE_INVITE),  # a failed re-INVITE leaves the dialog as it was
+    (S.TERMINATED, E.RECV_BYE),
+    (S.TERMINATED, E.RECV_1XX_REFRESH),
+    (S.TERMINATED, E.RECV_FAILURE_INVITE),
+    (S.TERMINATED, E.RECV_GONE),
+]
+
+
+@pytest.mark.parametrize(
+    ("state", "event"), ABSORBED, ids=[f"{s.value}-{e.name}" for s, e in ABSORBED]
+)
+def test_unexpected_network_input_is_absorbed(state: DialogState, event: DialogInput) -> None:
+    assert event not in Dialog.TABLE[state]
+    d = dialog_in(state)
+    INPUTS[event](d)
+    assert d.state is state
+    assert (d.remote_target, d.route_set) == ("sip:bob@10.0.0.1", OLD_ROUTES)
+
+
+@pytest.mark.parametrize("status", [100, 180, 202, 403])
+def test_responses_that_mean_nothing_to_the_dialog_are_no_input(status: int) -> None:
+    d = dialog_in(S.EARLY)
+    d.update_from_response(to_request(d, "INFO", status))  # INFO is no target refresh
+    d.update_from_response(to_request(d, "UPDATE", 100))
+    assert d.state is S.EARLY and d.remote_target == "sip:bob@10.0.0.1"
+
+
+def test_confirming_a_terminated_dialog_raises_the_named_error() -> None:
+    d = dialog_in(S.TERMINATED)
+    with pytest.raises(DialogStateError, match="confirm"):
+        d.confirm()
+    assert issubclass(DialogStateError, SipError)
+    assert d.state is S.TERMINATED

@@ -1,0 +1,421 @@
+"""The call leg's transition table (``sipdialer.engine.leg``), row by row, on a fake user
+agent: each row's next state and what the leg sends and reports are checked against the
+expectations written out here, and the leg is put in each state through its inputs, never
+by assignment. No sockets, no clock."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import cast
+
+import pytest
+
+from sipdialer.aio.useragent import UserAgent
+from sipdialer.engine.errors import EngineError
+from sipdialer.engine.leg import Leg, LegInput, LegState, LegStateError, LegTarget
+from sipdialer.sip.events import (
+    Event,
+    RequestReceived,
+    ResponseReceived,
+    TransactionTimeout,
+)
+from sipdialer.sip.message import Request, make_response
+from sipdialer.sip.sdp import AudioOffer, build_sdp
+from sipdialer.sip.transaction import ClientTransaction, ServerTransaction
+
+S, E = LegState, LegInput
+LEG_LOG = logging.getLogger("sipdialer.leg")
+RIG_NUMBERS = itertools.count()
+OFFER = build_sdp(address="192.0.2.1", port=40000, session_id=1, version=1, codecs=[("PCMU", 0)])
+PEER_OFFER = build_sdp(
+    address="192.0.2.5", port=50000, session_id=2, version=1, codecs=[("PCMU", 0)]
+)
+CHALLENGE = 'Digest realm="trunk.test", nonce="n1", qop="auth"'
+
+
+@dataclass
+class FakeTx:
+    """Stands for the client transaction the user agent would create."""
+
+    request: Request
+
+
+class FakeUserAgent:
+    """Records what the leg sends, in order: ``INVITE``, ``CANCEL``, ``BYE``, ``ACK``
+    (``+digest`` when the request carries credentials) and ``<status> <METHOD>`` for
+    answers; keeps the handlers the leg registers so that the test can call them."""
+
+    def __init__(self, effects: list[str]) -> None:
+        self.effects = effects
+        self.transport = self  # the leg sends its ACKs with ua.transport.send_stateless
+        self.requests: list[tuple[FakeTx, Callable[[Event], None]]] = []
+        self.dialogs: dict[tuple[str, str], Callable[[RequestReceived], None]] = {}
+        self.stray_2xx: dict[str, Callable[[ResponseReceived], None]] = {}
+
+    def send_request(
+        self,
+        request: Request,
+        dest: tuple[str, int],
+        transport: str,
+        owner: Callable[[Event], None],
+    ) -> FakeTx:
+        digest = " +digest" if "Authorization" in request.headers else ""
+        self.effects.append(request.method + digest)
+        tx = FakeTx(request)
+        self.requests.append((tx, owner))
+        return tx
+
+    def send_cancel(self, invite_tx: FakeTx, reason: str | None = None) -> None:
+        self.effects.append("CANCEL")
+
+    def send_stateless(self, message: Request, dest: tuple[str, int], transport: str) -> None:
+        self.effects.append(message.method)
+
+    def add_dialog(self, call_id: str, local_tag: str, handler: Callable[..., None]) -> None:
+        self.dialogs[(call_id, local_tag)] = handler
+
+    def remove_dialog(self, call_id: str, local_tag: str) -> None:
+        self.dialogs.pop((call_id, local_tag), None)
+
+    def on_stray_2xx(self, call_id: str, handler: Callable[[ResponseReceived], None]) -> None:
+        self.stray_2xx[call_id] = handler
+
+    def forget_stray_2xx(self, call_id: str) -> None:
+        self.stray_2xx.pop(call_id, None)
+
+    def answer(
+        self,
+        event: RequestReceived,
+        status: int,
+        reason: str | None = None,
+        extra: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.effects.append(f"{status} {event.request.method}")
+
+
+@dataclass
+class Listener:
+    """A LegListener writing what the leg reports into the same list as the sends."""
+
+    effects: list[str]
+    statuses: list[int] = field(default_factory=list)
+
+    def leg_progress(self, leg: Leg, status: int, sdp: AudioOffer | None) -> None:
+        self.effects.append("progress")
+
+    def leg_answered(self, leg: Leg, sdp: AudioOffer | None) -> None:
+        self.effects.append("answered")
+
+    def leg_failed(self, leg: Leg, status: int, reason: tuple[str, ...], unreachable: bool) -> None:
+        self.effects.append(f"unreachable {status}" if unreachable else f"failed {status}")
+
+    def leg_bye(self, leg: Leg, reason: tuple[str, ...]) -> None:
+        self.effects.append("bye")
+
+    def leg_media_changed(self, leg: Leg, sdp: AudioOffer) -> None:
+        self.effects.append("media")
+
+    def leg_terminated(self, leg: Leg) -> None:
+        self.effects.append("terminated")
+
+
+class LogEvents(logging.Handler):
+    """Writes the ``event=`` name of each log line of the leg as ``~name``."""
+
+    def __init__(self, effects: list[str], call_tag: str) -> None:
+        super().__init__(logging.INFO)
+        self.effects = effects
+        self.call_field = f"call={call_tag}"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        words = record.getMessage().split()
+        if self.call_field in words:
+            self.effects.append("~" + words[0].removeprefix("event="))
+
+
+class Rig:
+    """One leg on a fake user agent, with a method per input the table knows."""
+
+    def __init__(self, credentials: tuple[str, str] | None = ("dialer", "s3cret")) -> None:
+        self.effects: list[str] = []
+        call_tag = f"rig{next(RIG_NUMBERS)}"
+        self.log_events = LogEvents(self.effects, call_tag)
+        self.ua = FakeUserAgent(self.effects)
+        target = LegTarget(
+            request_uri="sip:0820001234@trunk.test",
+            dest=("192.0.2.9", 5060),
+            from_uri="sip:0123456789@dialer.test",
+            to_uri="sip:0820001234@trunk.test",
+            contact_uri="sip:dialer@192.0.2.1:5060",
+            credentials=credentials,
+        )
+        self.leg = Leg(
+            "callee",
+            cast(UserAgent, self.ua),
+            target,
+            Listener(self.effects),
+            sdp_offer=OFFER,
+            answer_reinvite=lambda offer: OFFER,
+            call_tag=call_tag,
+        )
+        LEG_LOG.addHandler(self.log_events)
+
+    def take_effects(self) -> list[str]:
+        out = list(self.effects)
+        self.effects.clear()
+        return out
+
+    # ---- the way into each input -----------------------------------------------------------
+    def _last(self, method: str) -> tuple[FakeTx, Callable[[Event], None]]:
+        return [(tx, owner) for tx, owner in self.ua.requests if tx.request.method == method][-1]
+
+    def respond(
+        self, status: int, tag: str = "callee-1", extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        tx, owner = self._last("INVITE")
+        contact = ("Contact", f"<sip:{tag}@192.0.2.5:5060>")
+        response = make_response(tx.request, status, to_tag=tag, extra=[contact, *extra])
+        owner(ResponseReceived(response, cast(ClientTransaction, tx)))
+
+    def invite_times_out(self) -> None:
+        tx, owner = self._last("INVITE")
+        owner(TransactionTimeout(cast(ClientTransaction, tx)))
+
+    def bye_answered(self) -> None:
+        tx, owner = self._last("BYE")
+        owner(ResponseReceived(make_response(tx.request, 200), cast(ClientTransaction, tx)))
+
+    def peer_sends(self, method: str, body: bytes = b"") -> None:
+        dialog = self.leg.dialog
+        assert dialog is not None
+        handler = self.ua.dialogs[(dialog.call_id, dialog.local_tag)]
+        headers = [
+            ("Via", "SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKpeer"),
+            ("From", f"<sip:0820001234@trunk.test>;tag={dialog.remote_tag}"),
+            ("To", f"<sip:0123456789@dialer.test>;tag={dialog.local_tag}"),
+            ("Call-ID", dialog.call_id),
+            ("CSeq", f"{(dialog.remote_seq or 0) + 1} {method}"),
+            ("Contact", "<sip:callee-1@192.0.2.5:5060>"),
+        ]
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        request = Request(method, "sip:dialer@192.0.2.1:5060", headers, body)
+        server_tx = cast(ServerTransaction, object())
+        handler(RequestReceived(request, server_tx, ("192.0.2.5", 5060), "UDP"))
+
+
+INPUTS: dict[LegInput, Callable[[Rig], None]] = {
+    E.INVITE: lambda r: r.leg.invite(),
+    E.HANGUP: lambda r: r.leg.hangup("Q.850;cause=16"),
+    E.RECV_1XX: lambda r: r.respond(180),
+    E.RECV_2XX: lambda r: r.respond(200, tag="fork-2"),
+    E.RECV_CHALLENGE: lambda r: r.respond(401, extra=(("WWW-Authenticate", CHALLENGE),)),
+    E.RECV_FAILURE: lambda r: r.respond(486),
+    E.INVITE_UNANSWERED: lambda r: r.invite_times_out(),
+    E.BYE_ENDED: lambda r: r.bye_answered(),
+    E.RECV_BYE: lambda r: r.peer_sends("BYE"),
+    E.RECV_REOFFER: lambda r: r.peer_sends("INVITE", PEER_OFFER),
+    E.RECV_REQUEST: lambda r: r.peer_sends("OPTIONS"),
+}
+
+SETUP: dict[LegState, list[LegInput]] = {
+    S.IDLE: [],
+    S.CALLING: [E.INVITE],
+    S.PROCEEDING: [E.INVITE, E.RECV_1XX],
+    S.CONFIRMED: [E.INVITE, E.RECV_2XX],
+    S.CANCELLING: [E.INVITE, E.HANGUP],
+    S.TERMINATING: [E.INVITE, E.RECV_2XX, E.HANGUP],
+    S.TERMINATED: [E.INVITE, E.RECV_FAILURE],
+}
+
+
+@pytest.fixture(autouse=True)
+def leg_log_at_info() -> Iterator[None]:
+    """The leg logs at INFO; let its lines through for the test, then detach the rigs."""
+    level = LEG_LOG.level
+    LEG_LOG.setLevel(logging.INFO)
+    yield
+    LEG_LOG.setLevel(level)
+    for handler in [h for h in LEG_LOG.handlers if isinstance(h, LogEvents)]:
+        LEG_LOG.removeHandler(handler)
+
+
+def rig_in(state: LegState) -> Rig:
+    rig = Rig()
+    for step in SETUP[state]:
+        if step is E.RECV_2XX:
+            rig.respond(200)  # the first answer: the dialog of the leg itself
+        else:
+            INPUTS[step](rig)
+    assert rig.leg.state is state
+    rig.take_effects()
+    return rig
+
+
+# (state, input, next state, what the leg sends, logs (~event) and reports, in order)
+EXPECTED: list[tuple[LegState, LegInput, LegState, list[str]]] = [
+    (S.IDLE, E.INVITE, S.CALLING, ["INVITE", "~leg_invite"]),
+    (S.IDLE, E.HANGUP, S.TERMINATED, ["terminated"]),
+    (S.CALLING, E.RECV_1XX, S.PROCEEDING, ["progress"]),
+    (S.CALLING, E.RECV_CHALLENGE, S.CALLING, ["INVITE +digest", "~leg_invite"]),
+    (S.CALLING, E.RECV_2XX, S.CONFIRMED, ["ACK", "~leg_answered", "answered"]),
+    (S.CALLING, E.RECV_FAILURE, S.TERMINATED, ["~leg_failed", "failed 486", "terminated"]),
+    (
+        S.CALLING,
+        E.INVITE_UNANSWERED,
+        S.TERMINATED,
+        ["~leg_unreachable", "unreachable 408", "terminated"],
+    ),
+    (S.CALLING, E.HANGUP, S.CANCELLING, ["CANCEL", "~leg_cancel"]),
+    (S.PROCEEDING, E.RECV_1XX, S.PROCEEDING, ["progress"]),
+    (S.PROCEEDING, E.RECV_CHALLENGE, S.PROCEEDING, ["INVITE +digest", "~leg_invite"]),
+    (S.PROCEEDING, E.RECV_2XX, S.CONFIRMED, ["ACK", "~leg_answered", "answered"]),
+    (S.PROCEEDING, E.RECV_FAILURE, S.TERMINATED, ["~leg_failed", "failed 486", "terminated"]),
+    (
+        S.PROCEEDING,
+        E.INVITE_UNANSWERED,
+        S.TERMINATED,
+        ["~leg_unreachable", "unreachable 408", "terminated"],
+    ),
+    (S.PROCEEDING, E.HANGUP, S.CANCELLING, ["CANCEL", "~leg_cancel"]),
+    (
+        S.CANCELLING,
+        E.RECV_2XX,
+        S.TERMINATING,
+        ["ACK", "~leg_answer_crossed_cancel", "BYE", "~leg_bye_sent"],
+    ),
+    (S.CANCELLING, E.RECV_CHALLENGE, S.TERMINATED, ["~leg_failed", "terminated"]),
+    (S.CANCELLING, E.RECV_FAILURE, S.TERMINATED, ["~leg_failed", "terminated"]),
+    (S.CANCELLING, E.INVITE_UNANSWERED, S.TERMINATED, ["~leg_unreachable", "terminated"]),
+    (S.CANCELLING, E.HANGUP, S.CANCELLING, []),
+    (S.CONFIRMED, E.HANGUP, S.TERMINATING, ["BYE", "~leg_bye_sent"]),
+    (
+        S.CONFIRMED,
+        E.RECV_BYE,
+        S.TERMINATED,
+        ["200 BYE", "~leg_bye_received", "bye", "terminated"],
+    ),
+    (S.CONFIRMED, E.RECV_REOFFER, S.CONFIRMED, ["200 INVITE", "~leg_reinvite", "media"]),
+    (S.CONFIRMED, E.RECV_REQUEST, S.CONFIRMED, ["200 OPTIONS"]),
+    (S.CONFIRMED, E.RECV_2XX, S.CONFIRMED, ["ACK", "BYE", "~leg_bye_sent"]),
+    (S.TERMINATING, E.BYE_ENDED, S.TERMINATED, ["terminated"]),
+    (S.TERMINATING, E.RECV_BYE, S.TERMINATED, ["200 BYE", "~leg_bye_received", "terminated"]),
+    (S.TERMINATING, E.RECV_REOFFER, S.TERMINATING, ["200 INVITE", "~leg_reinvite", "media"]),
+    (S.TERMINATING, E.RECV_REQUEST, S.TERMINATING, ["200 OPTIONS"]),
+    (S.TERMINATING, E.RECV_2XX, S.TERMINATING, ["ACK", "BYE", "~leg_bye_sent"]),
+    (S.TERMINATING, E.HANGUP, S.TERMINATING, []),
+    (S.TERMINATED, E.RECV_2XX, S.TERMINATED, ["ACK", "BYE", "~leg_bye_sent"]),
+    (S.TERMINATED, E.HANGUP, S.TERMINATED, []),
+]
+
+
+def test_the_expectations_cover_every_row_of_the_table() -> None:
+    rows = {(state, event) for state, row in Leg.TABLE.items() for event in row}
+    assert {(state, event) for state, event, _, _ in EXPECTED} == rows
+    assert set(Leg.TABLE) == set(LegState)
+    for row in Leg.TABLE.values():
+        for _, action in row.values():
+            assert action is None or callable(getattr(Leg, f"_{action}", None)), action
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "next_state", "effects"),
+    EXPECTED,
+    ids=[f"{s}-{e.name}" for s, e, _, _ in EXPECTED],
+)
+def test_row(state: LegState, event: LegInput, next_state: LegState, effects: list[str]) -> None:
+    rig = rig_in(state)
+    INPUTS[event](rig)
+    assert rig.leg.state is next_state
+    assert rig.take_effects() == effects
+
+
+def test_entering_terminated_forgets_the_dialog_and_the_2xx_hook() -> None:
+    rig = rig_in(S.CONFIRMED)
+    assert rig.ua.dialogs and rig.ua.stray_2xx
+    rig.peer_sends("BYE")
+    assert rig.ua.dialogs == {} and rig.ua.stray_2xx == {}
+    assert rig.leg.final_status == 200
+
+
+# (state, input) pairs from the network that the state does not list: nothing happens
+ABSORBED = [
+    (S.CANCELLING, E.RECV_1XX),  # a 1xx after our CANCEL
+    (S.CONFIRMED, E.RECV_1XX),
+    (S.CONFIRMED, E.RECV_FAILURE),  # a late final of another fork
+    (S.CONFIRMED, E.RECV_CHALLENGE),
+    (S.CONFIRMED, E.INVITE_UNANSWERED),
+    (S.TERMINATING, E.RECV_FAILURE),
+    (S.TERMINATED, E.RECV_1XX),
+    (S.TERMINATED, E.RECV_FAILURE),
+    (S.TERMINATED, E.INVITE_UNANSWERED),
+]
+
+
+@pytest.mark.parametrize(("state", "event"), ABSORBED, ids=[f"{s}-{e.name}" for s, e in ABSORBED])
+def test_unexpected_network_input_is_absorbed(state: LegState, event: LegInput) -> None:
+    assert event not in Leg.TABLE[state]
+    rig = rig_in(state)
+    INPUTS[event](rig)
+    assert rig.leg.state is state
+    assert rig.take_effects() == []
+
+
+def test_the_answer_to_a_bye_of_another_fork_is_absorbed_while_confirmed() -> None:
+    rig = rig_in(S.CONFIRMED)
+    rig.respond(200, tag="fork-2")  # a second fork answers: ACK and BYE it
+    assert rig.take_effects() == ["ACK", "BYE", "~leg_bye_sent"]
+    rig.bye_answered()
+    assert rig.leg.state is S.CONFIRMED and rig.take_effects() == []
+
+
+@pytest.mark.parametrize("state", [s for s in LegState if s is not S.IDLE])
+def test_invite_outside_idle_raises_the_named_error(state: LegState) -> None:
+    rig = rig_in(state)
+    with pytest.raises(LegStateError, match="invite"):
+        rig.leg.invite()
+    assert issubclass(LegStateError, EngineError)
+    assert rig.leg.state is state and rig.take_effects() == []
+
+
+def test_a_retransmitted_2xx_is_acked_again_in_any_state() -> None:
+    rig = rig_in(S.CONFIRMED)
+    rig.respond(200)  # the same dialog's 2xx again: our ACK was lost
+    assert rig.leg.state is S.CONFIRMED and rig.take_effects() == ["ACK"]
+    rig.leg.hangup()
+    rig.bye_answered()
+    rig.take_effects()
+    tx, _ = rig._last("INVITE")
+    stray = make_response(tx.request, 200, to_tag="callee-1")
+    rig.leg._on_stray_2xx(ResponseReceived(stray, None))  # after the transaction ended
+    assert rig.leg.state is S.TERMINATED and rig.take_effects() == ["ACK"]
+
+
+def test_a_third_challenge_is_a_failure_and_no_credentials_no_retry() -> None:
+    rig = rig_in(S.CALLING)
+    for _ in range(2):
+        INPUTS[E.RECV_CHALLENGE](rig)
+    assert rig.take_effects() == ["INVITE +digest", "~leg_invite"] * 2
+    INPUTS[E.RECV_CHALLENGE](rig)
+    assert rig.leg.state is S.TERMINATED
+    assert rig.take_effects() == ["~leg_failed", "failed 401", "terminated"]
+    bare = Rig(credentials=None)
+    bare.leg.invite()
+    INPUTS[E.RECV_CHALLENGE](bare)
+    assert bare.leg.state is S.TERMINATED and bare.leg.final_status == 401
+
+
+def test_100_trying_is_no_input() -> None:
+    rig = rig_in(S.CALLING)
+    rig.respond(100)
+    assert rig.leg.state is S.CALLING and rig.take_effects() == []
+
+
+def test_an_unusable_reoffer_is_refused_with_488() -> None:
+    rig = rig_in(S.CONFIRMED)
+    rig.peer_sends("INVITE", b"not sdp")
+    assert rig.leg.state is S.CONFIRMED and rig.take_effects() == ["488 INVITE"]
