@@ -98,7 +98,7 @@ class TrunkRegistration:
             return
         if self.client.state in (RegState.REGISTERED, RegState.REGISTERING):
             log.info("event=trunk_flow_lost target=%s:%d/%s", *addr, transport.lower())
-            self._send(self.client.start(self.transport.now()))
+            self._send(self.client.new_flow(self.transport.now()))
 
     # ---- sending ----------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -139,7 +139,7 @@ class TrunkRegistration:
         nxt = self.route.fail_over(self.dest) if failing else None
         if nxt is not None:
             self.dest = nxt
-            self._send(self.client.start(now))
+            self._send(self.client.new_flow(now))
         elif isinstance(event, TransactionTimeout):
             self.client.on_timeout(now)
             self._rearm()
@@ -159,12 +159,13 @@ class TrunkRegistration:
 
     def _on_timer(self) -> None:
         self._timer = None
-        retry = self.client.state is RegState.FAILED
         request = self.client.handle_timer(self.transport.now())
-        if retry and request is not None:
-            self._spawn(self._new_round(request))  # a new round after the back-off
+        if request is not None:
+            # a refresh or a retry after the back-off starts a new round: the targets are
+            # re-resolved once their DNS TTL has passed (the current one is kept if listed)
+            self._spawn(self._new_round(request))
         else:
-            self._send(request)
+            self._rearm()
 
     # ---- keep-alive -------------------------------------------------------------------------
     def _arm_keepalive(self) -> None:
@@ -219,7 +220,7 @@ class TrunkRegistration:
         nxt = self.route.fail_over(self.dest)
         if nxt is not None:
             self.dest = nxt
-        self._send(self.client.start(self.transport.now()))
+        self._send(self.client.new_flow(self.transport.now()))
 
     # ---- logging ----------------------------------------------------------------------------
     def _report(self) -> None:

@@ -4,7 +4,8 @@ list of :class:`Target` (IP, port, transport) to try in turn out.
 Owns the lookup order (RFC 3263 §4), the SRV ordering (RFC 2782) and a cache of results
 for the smallest TTL of the records used. The DNS client is dnspython's asyncio stub
 resolver (``dns.asyncresolver``): the system's (``/etc/resolv.conf``), or only the
-nameservers given. The ordering and TTL rules are pure functions (:func:`select_naptr`,
+nameservers given. With the system's, A/AAAA go through ``getaddrinfo`` instead, so
+``/etc/hosts`` counts (``registrar = localhost:5080`` works as for any program). The ordering and TTL rules are pure functions (:func:`select_naptr`,
 :func:`order_srv`, :func:`cache_seconds`), tested without DNS.
 
 Theory of operation, for a host name (an IP literal needs no DNS and gives one target):
@@ -32,6 +33,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,8 @@ import dns.exception
 import dns.name
 import dns.nameserver
 import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
@@ -72,6 +76,9 @@ MAX_CACHE_SECONDS = 3600.0
 FAILURE_CACHE_SECONDS = 5.0
 """How long a failed lookup is answered from the cache (the same ResolveError)."""
 DEFAULT_LIFETIME = 5.0
+
+#: How long an address from the system's resolver (no TTL given) is kept, in seconds.
+SYSTEM_ADDRESS_TTL = 60
 """Seconds one DNS query may take, retries included, before it counts as a timeout."""
 
 _CACHE_PRUNE_SIZE = 256
@@ -436,6 +443,8 @@ class SipResolver:
 
     async def _query(self, qname: str, rdtype: str) -> _Answer:
         """One lookup; never raises (a failure is an ``_Answer`` with a ``problem``)."""
+        if not self._nameservers and rdtype in ("A", "AAAA"):
+            return await self._system_addresses(qname, rdtype)
         resolver = self._dns_resolver()
         try:
             answer = await resolver.resolve(
@@ -457,6 +466,33 @@ class SipResolver:
         if not records:
             return _Answer(qname, rdtype, problem="no records")
         return _Answer(qname, rdtype, records, answer.chaining_result.minimum_ttl)
+
+    async def _system_addresses(self, qname: str, rdtype: str) -> _Answer:
+        """A/AAAA through the system's resolver (``getaddrinfo``), so that ``/etc/hosts``
+        (``localhost``, names an operator pins) counts as it does for every other program;
+        it gives no TTL, so the answer is kept for :data:`SYSTEM_ADDRESS_TTL` seconds."""
+        family = socket.AF_INET if rdtype == "A" else socket.AF_INET6
+        rdata_type = dns.rdatatype.A if rdtype == "A" else dns.rdatatype.AAAA
+        try:
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(
+                    qname, None, family=family, type=socket.SOCK_DGRAM
+                ),
+                self._lifetime,
+            )
+        except TimeoutError:
+            return _Answer(
+                qname, rdtype, problem=f"timeout after {self._lifetime:g} s", timed_out=True
+            )
+        except (OSError, UnicodeError) as exc:
+            return _Answer(qname, rdtype, problem=f"no address ({exc})")
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        records = tuple(
+            dns.rdata.from_text(dns.rdataclass.IN, rdata_type, address) for address in addresses
+        )
+        if not records:
+            return _Answer(qname, rdtype, problem="no records")
+        return _Answer(qname, rdtype, records, SYSTEM_ADDRESS_TTL)
 
     def _remember(self, key: tuple[str, int | None, str], entry: _CacheEntry) -> None:
         self._cache[key] = entry

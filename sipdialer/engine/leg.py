@@ -379,7 +379,13 @@ class Leg:
         self._invite = Request("INVITE", t.request_uri, headers, self.sdp_offer)
         self.invite_tx = self.ua.send_request(self._invite, t.dest, t.transport, self._on_tx)
         self.ua.on_stray_2xx(self.call_id, self._on_stray_2xx)
-        log.info("event=leg_invite %s uri=%s dest=%s:%d", self.log_ctx, t.request_uri, *t.dest)
+        log.info(
+            "event=leg_invite %s uri=%s dest=%s:%d transport=%s",
+            self.log_ctx,
+            t.request_uri,
+            *t.dest,
+            t.transport.lower(),
+        )
 
     def _invite_with_digest(self, *, response: Response, **_: object) -> None:
         assert self._auth is not None

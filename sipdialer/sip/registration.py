@@ -26,6 +26,8 @@ outcome. The action runs before the state changes and returns the request to sen
     registering    423 with a Min-Expires we can meet     → registering    REGISTER, longer expiry
     registering    other 3xx–6xx, timeout, transport error → failed        back-off timer
     registered     refresh timer                          → registering    REGISTER (same Call-ID)
+    registering,   new_flow() (another target, or the     → registering    REGISTER
+      registered     TCP/TLS flow to the trunk dropped)
     failed         back-off timer (2 s doubling ≤ 5 min)  → registering    REGISTER
     registering,   stop()                                 → unregistering  REGISTER Expires: 0
       registered
@@ -73,6 +75,7 @@ class RegInput(Enum):
     # from the program
     START = "start()"
     STOP = "stop()"
+    NEW_FLOW = "new_flow()"
     # from the network: what a final response to our REGISTER means
     RECV_BINDING = "2xx granting a binding"
     RECV_NO_BINDING = "2xx granting no binding (expires=0)"
@@ -86,7 +89,7 @@ class RegInput(Enum):
     TIMER = "refresh / back-off timer"
 
 
-PROGRAM_INPUTS = frozenset({RegInput.START, RegInput.STOP})
+PROGRAM_INPUTS = frozenset({RegInput.START, RegInput.STOP, RegInput.NEW_FLOW})
 
 IDLE = RegState.IDLE
 REGISTERING = RegState.REGISTERING
@@ -136,9 +139,11 @@ class RegistrationClient:
             RegInput.TIMEOUT: (FAILED, "fail_timeout"),
             RegInput.TRANSPORT_ERROR: (FAILED, "fail_transport"),
             RegInput.STOP: (UNREGISTERING, "unregister"),
+            RegInput.NEW_FLOW: (REGISTERING, "register"),
         },
         REGISTERED: {
             RegInput.TIMER: (REGISTERING, "register"),
+            RegInput.NEW_FLOW: (REGISTERING, "register"),
             RegInput.STOP: (UNREGISTERING, "unregister"),
         },
         FAILED: {
@@ -193,6 +198,13 @@ class RegistrationClient:
         """The first REGISTER; raises RegistrationStateError unless idle or stopped."""
         request = self._fire(RegInput.START, now)
         assert request is not None  # every START row registers
+        return request
+
+    def new_flow(self, now: float) -> Request:
+        """A fresh REGISTER because the next hop changed (failover to another target) or the
+        connection to the trunk dropped; allowed while registering or registered."""
+        request = self._fire(RegInput.NEW_FLOW, now)
+        assert request is not None  # every NEW_FLOW row registers
         return request
 
     def stop(self, now: float) -> Request | None:

@@ -172,6 +172,7 @@ def granted(c: RegistrationClient, expires: int) -> Response:
 INPUTS: dict[RegInput, Callable[[RegistrationClient], Request | None]] = {
     E.START: lambda c: c.start(NOW),
     E.STOP: lambda c: c.stop(NOW),
+    E.NEW_FLOW: lambda c: c.new_flow(NOW),
     E.RECV_BINDING: lambda c: c.on_response(granted(c, 60), NOW),
     E.RECV_NO_BINDING: lambda c: c.on_response(granted(c, 0), NOW),
     E.RECV_CHALLENGE: lambda c: c.on_response(answer(c, 401, ("WWW-Authenticate", CHALLENGE)), NOW),
@@ -244,6 +245,8 @@ EXPECTED: list[tuple[RegState, RegInput, RegState, str | None, bool, str | None]
     ),
     (S.REGISTERING, E.TRANSPORT_ERROR, S.FAILED, None, True, "transport error: boom"),
     (S.REGISTERING, E.STOP, S.UNREGISTERING, "REGISTER 0", False, None),
+    (S.REGISTERING, E.NEW_FLOW, S.REGISTERING, "REGISTER 60", False, None),
+    (S.REGISTERED, E.NEW_FLOW, S.REGISTERING, "REGISTER 60", False, None),
     (S.REGISTERED, E.TIMER, S.REGISTERING, "REGISTER 60", False, None),
     (S.REGISTERED, E.STOP, S.UNREGISTERING, "REGISTER 0", False, None),
     (S.FAILED, E.TIMER, S.REGISTERING, "REGISTER 60", False, "403 Forbidden"),
