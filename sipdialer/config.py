@@ -73,6 +73,10 @@ class SipConfig:
     t2: float = 4.0
     t4: float = 5.0
     user_agent: str = "sipdialer"
+    tls_listen: HostPort | None = None
+    """Accept SIP over TLS here (phones or trunks that connect in); needs tls_cert, tls_key."""
+    tls_cert: str = ""
+    tls_key: str = ""
     nameservers: tuple[HostPort, ...] = ()  # DNS servers (IP, port); () = the system's
 
     @property
@@ -277,7 +281,19 @@ _KEYS: dict[str, tuple[str, ...]] = {
         "outbound_proxy",
         "keepalive",
     ),
-    "sip": ("listen", "public_host", "rtp_ports", "t1", "t2", "t4", "user_agent", "nameservers"),
+    "sip": (
+        "listen",
+        "public_host",
+        "rtp_ports",
+        "t1",
+        "t2",
+        "t4",
+        "user_agent",
+        "nameservers",
+        "tls_listen",
+        "tls_cert",
+        "tls_key",
+    ),
     "http": ("listen", "public_url", "api_tokens", "max_body_bytes"),
     "redis": ("url", "key_prefix", "legacy_c2d", "outbox", "health_grace"),
     "calls": (
@@ -376,6 +392,13 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
                 raise ConfigError(f"[sip] nameservers: port 0 in {entry!r}")
             servers.append((str(address), port))
         s["nameservers"] = tuple(servers)
+    if (v := get("sip", "tls_listen")) is not None and v.strip():
+        s["tls_listen"] = parse_hostport("sip", "tls_listen", v, default_port=5061)
+    for key in ("tls_cert", "tls_key"):
+        if (v := get("sip", key)) is not None:
+            s[key] = _plain("sip", key, v)
+    if "tls_listen" in s and not (s.get("tls_cert") and s.get("tls_key")):
+        raise ConfigError("[sip] tls_cert: tls_listen needs tls_cert and tls_key (PEM files)")
     listen: HostPort = s.get("listen", SipConfig.listen)
     listen_host = listen[0]
     public = s.get("public_host", "")

@@ -13,7 +13,7 @@ from pathlib import Path
 from sipdialer.aio.registrar_runtime import RegistrarRuntime
 from sipdialer.aio.registration_runtime import TrunkRegistration
 from sipdialer.aio.resolver import SipResolver
-from sipdialer.aio.transport import SipTransport, client_tls_context
+from sipdialer.aio.transport import SipTransport, client_tls_context, server_tls_context
 from sipdialer.aio.trunk_route import TrunkRoute
 from sipdialer.aio.useragent import UserAgent
 from sipdialer.api.app import ApiServer, make_app
@@ -63,6 +63,8 @@ class Service:
             self.endpoint,
             self.ua.handle_event,
             listen=sip.listen,
+            tls_listen=sip.tls_listen,
+            server_tls=server_tls_context(sip.tls_cert, sip.tls_key) if sip.tls_listen else None,
             client_tls=client_tls_context(trunk.ca_file or None)
             if trunk.transport == "tls"
             else None,

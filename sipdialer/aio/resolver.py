@@ -5,8 +5,9 @@ Owns the lookup order (RFC 3263 §4), the SRV ordering (RFC 2782) and a cache of
 for the smallest TTL of the records used. The DNS client is dnspython's asyncio stub
 resolver (``dns.asyncresolver``): the system's (``/etc/resolv.conf``), or only the
 nameservers given. With the system's, A/AAAA go through ``getaddrinfo`` instead, so
-``/etc/hosts`` counts (``registrar = localhost:5080`` works as for any program). The ordering and TTL rules are pure functions (:func:`select_naptr`,
-:func:`order_srv`, :func:`cache_seconds`), tested without DNS.
+``/etc/hosts`` counts (``registrar = localhost:5080`` works as for any program). The
+ordering and TTL rules are pure functions (:func:`select_naptr`, :func:`order_srv`,
+:func:`cache_seconds`), tested without DNS.
 
 Theory of operation, for a host name (an IP literal needs no DNS and gives one target):
 
