@@ -82,6 +82,8 @@ rtp_timeout             41     ANSWERED if bridged,         rtp_timeout      sys
                                else FAILED
 max_duration            16     ANSWERED if bridged,         max_duration     system
                                else NO ANSWER
+shutdown (the service   41     ANSWERED if bridged,         shutdown         system
+stopped mid-call)              else FAILED
 unreachable (trunk      38     CONGESTION                   congestion       system
 down, INVITE timed out,
 not registered with the
