@@ -2,7 +2,7 @@
 #
 #   make venv    .venv with the package installed editable + [test] extras
 #   make peers   the Debian programs the tests drive (root only; otherwise just report)
-#   make test    lint + format check + the whole pytest suite
+#   make test    lint + format check + mypy --strict + the whole pytest suite
 #   make test-unit  the pure tests only (tests/unit: no sockets, no peers; seconds)
 #   make lint    ruff check + ruff format --check
 #   make fmt     ruff format + ruff check --fix
@@ -65,6 +65,7 @@ peers:
 test: venv peers
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 test-unit: venv
@@ -73,6 +74,7 @@ test-unit: venv
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
 
 fmt: venv
 	$(BIN)/ruff format $(LINT_PATHS)

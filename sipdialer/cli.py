@@ -75,7 +75,8 @@ enigma-demo-<random> (so no real client takes a demo call); otherwise it starts 
 in-process stand-in that speaks the Redis protocol and uses the prefix enigma.
 
 Exit code: 0 when the call went as expected (ANSWERED/16 with the two tones in the
-recording; with --callee-busy BUSY/17; with --no-answer NO ANSWER/19), 1 otherwise.""",
+recording; with --callee-busy BUSY/17; with --no-answer NO ANSWER/19), 1 otherwise;
+2 when it did but --plot could not draw (matplotlib missing: pip install 'sipdialer[plot]').""",
     )
     demo.add_argument(
         "--redis-url",
@@ -120,7 +121,8 @@ recording; with --callee-busy BUSY/17; with --no-answer NO ANSWER/19), 1 otherwi
         "--plot",
         action="store_true",
         help="also write a PNG of the recording's two channels (waveform and "
-        "spectrogram; left = agent, right = callee) next to the WAV",
+        "spectrogram; left = agent, right = callee) next to the WAV; needs the [plot] "
+        "extra (pip install 'sipdialer[plot]')",
     )
     demo.add_argument(
         "--keep-running",
@@ -142,13 +144,15 @@ def _add_inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="measure a recording: dominant frequency and level of each channel",
         description="Print, for each channel of a 16-bit PCM WAV recording (left = agent, "
         "right = callee), its dominant frequency (FFT peak), its RMS level in dBFS and "
-        "how many seconds of it are not silent. Exit code 2 if the file cannot be read.",
+        "how many seconds of it are not silent. Exit code 2 if the file cannot be read, "
+        "or if --plot/--png cannot draw (matplotlib missing: pip install 'sipdialer[plot]').",
     )
     inspect.add_argument("wav", metavar="RECORDING.wav", help="the recording to measure")
     inspect.add_argument(
         "--plot",
         action="store_true",
-        help="also write a PNG (waveform and spectrogram per channel) next to it",
+        help="also write a PNG (waveform and spectrogram per channel) next to it; "
+        "needs the [plot] extra (pip install 'sipdialer[plot]')",
     )
     inspect.add_argument(
         "--png",
@@ -160,9 +164,9 @@ def _add_inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sipdialer.demo.command import DemoOptions, run_demo
+    from sipdialer.demo.command import DemoOptions, Scenario, run_demo
 
-    scenario = "busy" if args.callee_busy else "no-answer" if args.no_answer else "answer"
+    scenario: Scenario = "busy" if args.callee_busy else "no-answer" if args.no_answer else "answer"
     options = DemoOptions(
         redis_url=args.redis_url,
         key_prefix=args.key_prefix,
@@ -180,7 +184,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from sipdialer.rtp.inspect_wav import format_report, measure_wav, plot_wav
+    from sipdialer.rtp.inspect_wav import (
+        PlotUnavailableError,
+        format_report,
+        measure_wav,
+        plot_wav,
+    )
 
     try:
         report = measure_wav(args.wav)
@@ -189,7 +198,11 @@ def _inspect(args: argparse.Namespace) -> int:
         return 2
     print("\n".join(format_report(report, indent="")))
     if args.plot or args.png:
-        png = plot_wav(args.wav, args.png)
+        try:
+            png = plot_wav(args.wav, args.png)
+        except PlotUnavailableError as exc:
+            print(f"sipdialer inspect: --plot: {exc}", file=sys.stderr)
+            return 2
         print(f"plot: {png}")
     return 0
 

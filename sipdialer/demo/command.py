@@ -17,9 +17,10 @@ Decisions:
   demo takes the notifications back with BRPOP. So as not to hand a demo call to a real
   client of that Redis (or take one of its notifications), the key prefix is then
   ``enigma-demo-<6 hex>`` — printed, and the lists are empty again once read.
-  Otherwise the demo starts :class:`~sipdialer.demo.redis_standin.RedisStandIn` on a
-  free port, says so, and uses the production prefix ``enigma`` (nobody else can be
-  listening there). ``--key-prefix`` overrides both.
+  Otherwise the demo starts an embedded stand-in,
+  :class:`~sipdialer.demo.embedded_redis.EmbeddedRedis` (fakeredis's Redis server, in
+  this process), on a free loopback port, says so, and uses the production prefix
+  ``enigma`` (nobody else can be listening there). ``--key-prefix`` overrides both.
 * **Ports.** Everything binds 127.0.0.1: the service's HTTP on port 0 (the kernel picks);
   its SIP (UDP+TCP) and each phone's SIP on a port drawn below the ephemeral range and
   checked free (retried if taken meanwhile); the trunk and each phone's RTP on their own
@@ -29,6 +30,9 @@ Decisions:
   ``--no-answer`` ends quickly; an answered call takes about 7 s.
 * The outbox lives in a temporary directory removed at exit; recordings go to
   ``--recordings`` (``recordings/`` under the current directory).
+* **Plot.** ``--plot`` draws with matplotlib, the optional ``[plot]`` extra. Without it
+  the demo runs all the same, says "not drawn" where the plot would be, prints one line
+  naming the extra on stderr and exits 2 (1 still wins when the call itself went wrong).
 """
 
 from __future__ import annotations
@@ -56,13 +60,19 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sipdialer.config import Config, ConfigError, parse_config
+from sipdialer.demo.embedded_redis import EmbeddedRedis
 from sipdialer.demo.ports import free_port, free_port_range
-from sipdialer.demo.redis_standin import RedisStandIn
 from sipdialer.demo.sim_phone import PhoneCall, PhoneEvent, SimPhone
 from sipdialer.demo.sim_trunk import SimTrunk, TrunkEvent
 from sipdialer.logs import configure_logging
 from sipdialer.notify.notifier import Notifier
-from sipdialer.rtp.inspect_wav import WavReport, dominant_frequency, measure_wav, plot_wav
+from sipdialer.rtp.inspect_wav import (
+    PlotUnavailableError,
+    WavReport,
+    dominant_frequency,
+    measure_wav,
+    plot_wav,
+)
 from sipdialer.service import Service
 from sipdialer.sip.registration import RegState
 
@@ -248,7 +258,8 @@ class Demo:
     def __init__(self, options: DemoOptions, out: TextIO) -> None:
         self.options = options
         self.say = Narrator(out)
-        self.standin: RedisStandIn | None = None
+        self.standin: EmbeddedRedis | None = None
+        self.plot_problem: str | None = None
         self.trunk: SimTrunk | None = None
         self.agent: SimPhone | None = None
         self.callee: SimPhone | None = None
@@ -279,7 +290,12 @@ class Demo:
                 await self._keep_running(call)
         finally:
             await self._tear_down()
-        return 0 if self.checks and all(c.ok for c in self.checks) else 1
+        if not (self.checks and all(c.ok for c in self.checks)):
+            return 1
+        if self.plot_problem is not None:
+            sys.stderr.write(f"sipdialer demo: --plot: {self.plot_problem}\n")
+            return 2
+        return 0
 
     def _check(self, label: str, ok: bool, detail: str) -> None:
         self.checks.append(Check(label, ok, detail))
@@ -305,14 +321,14 @@ class Demo:
             else:
                 say.field("key prefix", self.key_prefix)
         else:
-            self.standin = RedisStandIn()
+            self.standin = EmbeddedRedis()
             await self.standin.start()
             self.redis_url = self.standin.url
-            say.field("redis", f"{opts.redis_url}: {problem}; using the built-in stand-in")
+            say.field("redis", f"{opts.redis_url}: {problem}; using an embedded stand-in")
             say.field(
                 "",
-                f"at {self.redis_url} (in this process; speaks the Redis protocol:\n"
-                "LPUSH, BRPOP, MULTI/EXEC, … — any Redis client or redis-cli works with it)",
+                f"at {self.redis_url}: fakeredis {self.standin.version}'s Redis server, in\n"
+                "this process (any Redis client or redis-cli works with it)",
             )
             say.field("key prefix", self.key_prefix)
         cdr_key, c2d_key = self.keys
@@ -448,8 +464,9 @@ class Demo:
                 document = await response.json()
             except (aiohttp.ContentTypeError, ValueError):
                 document = {"body": await response.text()}
+            version = response.version or aiohttp.HttpVersion11
             say.print(
-                f"  HTTP/{response.version.major}.{response.version.minor} "
+                f"  HTTP/{version.major}.{version.minor} "
                 f"{response.status} {response.reason}   ({elapsed * 1000:.0f} ms)"
             )
             for name in ("Location", "Content-Type"):
@@ -595,8 +612,13 @@ class Demo:
             return
         self.report = report
         if opts.plot:
-            png = plot_wav(path, title=f"sipdialer demo recording {ref}: L agent, R callee")
-            say.field("plot", f"{_shown_path(png)} ({png.stat().st_size // 1024} KB)")
+            try:
+                png = plot_wav(path, title=f"sipdialer demo recording {ref}: L agent, R callee")
+            except PlotUnavailableError as exc:
+                self.plot_problem = str(exc)
+                say.field("plot", f"not drawn: {exc}")
+            else:
+                say.field("plot", f"{_shown_path(png)} ({png.stat().st_size // 1024} KB)")
         self._check_recording(report)
 
     def _check_recording(self, report: WavReport) -> None:
@@ -672,11 +694,15 @@ class Demo:
             say.print(f"    {mark}  {check.label}: {check.detail}")
         ok = bool(self.checks) and all(c.ok for c in self.checks)
         expected = EXPECTED[opts.scenario]
-        verdict = (
-            f"OK: the call went as expected ({expected[0]} / {expected[1]}); exit code 0"
-            if ok
-            else "NOT OK: see the FAIL lines above; exit code 1"
-        )
+        if not ok:
+            verdict = "NOT OK: see the FAIL lines above; exit code 1"
+        elif self.plot_problem is not None:
+            verdict = (
+                f"OK: the call went as expected ({expected[0]} / {expected[1]}), but the "
+                "plot was not drawn; exit code 2"
+            )
+        else:
+            verdict = f"OK: the call went as expected ({expected[0]} / {expected[1]}); exit code 0"
         say.print()
         say.print(f"  {verdict}")
 

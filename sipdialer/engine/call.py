@@ -8,7 +8,10 @@ told what happened (:class:`Ev`) with ``now``, and answers with the actions the 
 carry out (:class:`Act`) — it never touches SIP or sockets. It also owns the call's timers
 (ring timeouts per leg, the maximum duration, the RTP inactivity check) as deadlines:
 ``get_timer()`` says when to wake it and ``handle_timer(now, last_media)`` turns an expired
-deadline into the matching event.
+deadline into the matching event. Which deadline runs in which state is a second table,
+:data:`DEADLINES` (state → the timeout events armed on entering it), with their lengths
+from :class:`CallTimers` in :data:`DEADLINE_SECONDS`; the RTP one is pushed back by media
+(:data:`QUIET_DEADLINES`).
 
 A call ends exactly once. The first terminating event moves it to ``ENDED`` and records
 the :class:`~sipdialer.causes.Ending` (what happened, on which leg, with which SIP status
@@ -24,6 +27,7 @@ raises :class:`CallStateError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -156,10 +160,35 @@ class CallStateError(EngineError, RuntimeError):
 
 @dataclass(frozen=True)
 class CallTimers:
+    """How long each of a call's deadlines runs, in seconds (``[calls]`` in sip.conf)."""
+
     agent_ring_timeout: float = 30.0
     callee_ring_timeout: float = 45.0
     max_duration: float = 4 * 3600.0
     rtp_timeout: float = 60.0
+
+
+#: Which deadlines run in which state, each named by the event it fires. Entering a state
+#: arms exactly these (``now`` + its length in :data:`DEADLINE_SECONDS`), leaving it drops
+#: them; a state not listed runs none. Earlier in a tuple fires first on a tie.
+DEADLINES: dict[CallState, tuple[Ev, ...]] = {
+    CallState.AGENT_RINGING: (Ev.AGENT_RING_TIMEOUT,),
+    CallState.CALLEE_RINGING: (Ev.CALLEE_RING_TIMEOUT,),
+    CallState.BRIDGED: (Ev.MAX_DURATION, Ev.RTP_TIMEOUT),
+}
+
+#: The length of each deadline, from the call's :class:`CallTimers`.
+DEADLINE_SECONDS: dict[Ev, Callable[[CallTimers], float]] = {
+    Ev.AGENT_RING_TIMEOUT: lambda t: t.agent_ring_timeout,
+    Ev.CALLEE_RING_TIMEOUT: lambda t: t.callee_ring_timeout,
+    Ev.MAX_DURATION: lambda t: t.max_duration,
+    Ev.RTP_TIMEOUT: lambda t: t.rtp_timeout,
+}
+
+#: Deadlines that media pushes back: once due, such a deadline fires only if no RTP
+#: arrived within its length before ``now``; otherwise it moves to that much after the
+#: last packet (``handle_timer``'s ``last_media``).
+QUIET_DEADLINES: frozenset[Ev] = frozenset({Ev.RTP_TIMEOUT})
 
 
 @dataclass
@@ -210,16 +239,12 @@ class Call:
 
     # ---- timers ------------------------------------------------------------------------
     def _update_deadlines(self, before: CallState, after: CallState, now: float) -> None:
-        if before is after:
-            return
-        self._deadlines.clear()
-        if after is CallState.AGENT_RINGING:
-            self._deadlines[Ev.AGENT_RING_TIMEOUT] = now + self.timers.agent_ring_timeout
-        elif after is CallState.CALLEE_RINGING:
-            self._deadlines[Ev.CALLEE_RING_TIMEOUT] = now + self.timers.callee_ring_timeout
-        elif after is CallState.BRIDGED:
-            self._deadlines[Ev.MAX_DURATION] = now + self.timers.max_duration
-            self._deadlines[Ev.RTP_TIMEOUT] = now + self.timers.rtp_timeout
+        """On a change of state, arm the deadlines DEADLINES lists for the new one."""
+        if before is not after:
+            self._deadlines = {
+                event: now + DEADLINE_SECONDS[event](self.timers)
+                for event in DEADLINES.get(after, ())
+            }
 
     def get_timer(self) -> float | None:
         return min(self._deadlines.values(), default=None)
@@ -229,8 +254,8 @@ class Call:
         for event, at in sorted(self._deadlines.items(), key=lambda kv: kv[1]):
             if at > now:
                 break
-            if event is Ev.RTP_TIMEOUT and last_media is not None:
-                quiet_until = last_media + self.timers.rtp_timeout
+            if event in QUIET_DEADLINES and last_media is not None:
+                quiet_until = last_media + DEADLINE_SECONDS[event](self.timers)
                 if quiet_until > now:
                     self._deadlines[event] = quiet_until
                     continue

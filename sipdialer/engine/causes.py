@@ -5,6 +5,11 @@ header values (RFC 3326), and :func:`classify`, which turns the facts the call e
 observed (an :class:`Ending`) into what the CDR and the notifications report (an
 :class:`Outcome`). Pure: no I/O, no clock, never raises on what a peer sent.
 
+Both tables below are data in this module, read by one small function each:
+``SIP_STATUSES`` (status → :class:`StatusRow`, the first table; ``OTHER_STATUS`` for any
+status not in it) and ``ENDINGS`` ((kind, leg) → :class:`EndingRow`, the second; a row
+keyed with leg None serves every leg of that kind without a row of its own).
+
 Source of the table
 ===================
 
@@ -77,6 +82,8 @@ rtp_timeout             41     ANSWERED if bridged,         rtp_timeout      sys
                                else FAILED
 max_duration            16     ANSWERED if bridged,         max_duration     system
                                else NO ANSWER
+shutdown (the service   41     ANSWERED if bridged,         shutdown         system
+stopped mid-call)              else FAILED
 unreachable (trunk      38     CONGESTION                   congestion       system
 down, INVITE timed out,
 not registered with the
@@ -100,17 +107,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple, TypeGuard
 
 __all__ = [
     "DISPOSITIONS",
+    "ENDINGS",
     "END_REASONS",
+    "OTHER_STATUS",
     "Q850_NAMES",
+    "SIP_STATUSES",
     "EndedBy",
     "Ending",
     "EndingKind",
+    "EndingRow",
     "Leg",
     "Outcome",
+    "StatusRow",
     "cause_name",
     "classify",
     "disposition_for_sip_status",
@@ -211,44 +223,64 @@ Q850_NAMES: dict[int, str] = {
 }
 
 CAUSE_NORMAL_CLEARING = 16
-CAUSE_NO_ANSWER = 19
-CAUSE_SUBSCRIBER_ABSENT = 20
-CAUSE_NETWORK_OUT_OF_ORDER = 38
-CAUSE_NORMAL_TEMPORARY_FAILURE = 41
 CAUSE_INTERWORKING = 127
 
-# RFC 3398 §8.2.6.1, row by row (see the module docstring for the differences).
-_SIP_TO_Q850: dict[int, int] = {
-    200: 16,
-    400: 41, 481: 41, 500: 41, 503: 41,
-    401: 21, 402: 21, 403: 21, 407: 21, 603: 21,
-    404: 1, 485: 1, 604: 1,
-    405: 63,
-    406: 79, 415: 79, 501: 79,
-    408: 102, 504: 102,
-    410: 22,
-    413: 127, 414: 127, 416: 127, 420: 127, 421: 127, 423: 127, 505: 127, 513: 127,
-    480: 18,
-    482: 25, 483: 25,
-    484: 28,
-    486: 17, 600: 17,
-    488: 88, 606: 88,
-    502: 38,
-}  # fmt: skip
 
-_SIP_TO_DISPOSITION: dict[int, str] = {
-    486: BUSY, 600: BUSY,
-    408: NO_ANSWER, 480: NO_ANSWER,
-    503: CONGESTION,
-}  # fmt: skip
+class StatusRow(NamedTuple):
+    """What a SIP final status that refused an INVITE reports (one row of SIP_STATUSES)."""
 
-_SIP_TO_END_REASON: dict[int, str] = {
-    486: "busy", 600: "busy",
-    408: "timeout", 480: "timeout",
-    401: "reject", 402: "reject", 403: "reject", 407: "reject", 603: "reject",
-    404: "not_found", 410: "not_found", 484: "not_found", 485: "not_found", 604: "not_found",
-    503: "congestion",
-}  # fmt: skip
+    cause: int
+    """Q.850 cause."""
+    disposition: str
+    """CDR disposition."""
+    end_reason: str
+    """CDR ``end_reason``."""
+
+
+#: Source: RFC 3398 §8.2.6.1 ("SIP final response → ISUP cause value"), the rows of SPEC §4;
+#: see the module docstring for where FreeSWITCH and Asterisk differ and for the decisions
+#: (603 → FAILED, 503 → CONGESTION with cause 41). A status not listed is OTHER_STATUS.
+SIP_STATUSES: dict[int, StatusRow] = {
+    400: StatusRow(41, FAILED, "error"),
+    481: StatusRow(41, FAILED, "error"),
+    500: StatusRow(41, FAILED, "error"),
+    503: StatusRow(41, CONGESTION, "congestion"),
+    401: StatusRow(21, FAILED, "reject"),
+    402: StatusRow(21, FAILED, "reject"),
+    403: StatusRow(21, FAILED, "reject"),
+    407: StatusRow(21, FAILED, "reject"),
+    603: StatusRow(21, FAILED, "reject"),
+    404: StatusRow(1, FAILED, "not_found"),
+    485: StatusRow(1, FAILED, "not_found"),
+    604: StatusRow(1, FAILED, "not_found"),
+    410: StatusRow(22, FAILED, "not_found"),
+    484: StatusRow(28, FAILED, "not_found"),
+    405: StatusRow(63, FAILED, "error"),
+    406: StatusRow(79, FAILED, "error"),
+    415: StatusRow(79, FAILED, "error"),
+    501: StatusRow(79, FAILED, "error"),
+    482: StatusRow(25, FAILED, "error"),
+    483: StatusRow(25, FAILED, "error"),
+    408: StatusRow(102, NO_ANSWER, "timeout"),
+    504: StatusRow(102, FAILED, "error"),
+    480: StatusRow(18, NO_ANSWER, "timeout"),
+    486: StatusRow(17, BUSY, "busy"),
+    600: StatusRow(17, BUSY, "busy"),
+    488: StatusRow(88, FAILED, "error"),
+    606: StatusRow(88, FAILED, "error"),
+    502: StatusRow(38, FAILED, "error"),
+    413: StatusRow(127, FAILED, "error"),
+    414: StatusRow(127, FAILED, "error"),
+    416: StatusRow(127, FAILED, "error"),
+    420: StatusRow(127, FAILED, "error"),
+    421: StatusRow(127, FAILED, "error"),
+    423: StatusRow(127, FAILED, "error"),
+    505: StatusRow(127, FAILED, "error"),
+    513: StatusRow(127, FAILED, "error"),
+}
+
+#: Any other status (3xx, 487, 491, 580, …, or no valid status at all): 127 interworking.
+OTHER_STATUS = StatusRow(CAUSE_INTERWORKING, FAILED, "error")
 
 
 def cause_name(code: int) -> str:
@@ -256,8 +288,19 @@ def cause_name(code: int) -> str:
     return Q850_NAMES.get(code, "UNKNOWN")
 
 
-def _is_status(status: object) -> bool:
+def _is_status(status: object) -> TypeGuard[int]:
     return isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 699
+
+
+def _is_2xx(status: object) -> bool:
+    return _is_status(status) and 200 <= status < 300
+
+
+def _refusal(status: int | None, otherwise: StatusRow = OTHER_STATUS) -> StatusRow:
+    """The SIP_STATUSES row of ``status``; ``otherwise`` when it has none (2xx included)."""
+    if not _is_status(status):
+        return otherwise
+    return SIP_STATUSES.get(status, otherwise)
 
 
 def q850_for_sip_status(status: int) -> int:
@@ -265,27 +308,17 @@ def q850_for_sip_status(status: int) -> int:
 
     Any 2xx is 16 (the call was answered; how it ended is decided by the BYE).
     """
-    if not _is_status(status):
-        return CAUSE_INTERWORKING
-    if 200 <= status < 300:
-        return CAUSE_NORMAL_CLEARING
-    return _SIP_TO_Q850.get(status, CAUSE_INTERWORKING)
+    return CAUSE_NORMAL_CLEARING if _is_2xx(status) else _refusal(status).cause
 
 
 def disposition_for_sip_status(status: int) -> str:
     """CDR disposition for a SIP final status of an INVITE (SPEC §4)."""
-    if not _is_status(status):
-        return FAILED
-    if 200 <= status < 300:
-        return ANSWERED
-    return _SIP_TO_DISPOSITION.get(status, FAILED)
+    return ANSWERED if _is_2xx(status) else _refusal(status).disposition
 
 
 def end_reason_for_sip_status(status: int) -> str:
     """``end_reason`` for an INVITE refused with ``status``: busy, timeout, reject, …"""
-    if not _is_status(status):
-        return "error"
-    return _SIP_TO_END_REASON.get(status, "error")
+    return _refusal(status).end_reason
 
 
 # --- Reason header (RFC 3326) ------------------------------------------------------------
@@ -393,66 +426,56 @@ class Outcome:
     """The leg the ending concerns (whose BYE, refusal, ring timeout), None for both."""
 
 
-def _answered_or(bridged: bool, otherwise: str) -> str:
-    return ANSWERED if bridged else otherwise
+class EndingRow(NamedTuple):
+    """What an ending of one kind, on one leg, reports (one row of ENDINGS)."""
+
+    cause: int
+    """Q.850 cause."""
+    if_bridged: str
+    """Disposition when the two parties had been connected (``Ending.bridged``)."""
+    if_not_bridged: str
+    """Disposition otherwise."""
+    end_reason: str
+    """CDR ``end_reason``."""
+    ended_by: EndedBy | None
+    """Who ended the call; None: the leg the ending concerns (``system`` if none)."""
+    by_status: bool = False
+    """The refused INVITE's SIP status decides cause, disposition and end_reason through
+    SIP_STATUSES; this row's values stand for a status not in that table (or none)."""
+
+
+#: (Ending.kind, Ending.leg) → row, the second table of the module docstring. A leg of None
+#: in the key is the row for any leg the kind has no row of its own for (and for no leg).
+#: A kind with no row at all reads as ``error``.
+ENDINGS: dict[tuple[EndingKind, Leg | None], EndingRow] = {
+    # a callee can only send BYE after its 200 OK: answered even if not yet bridged
+    ("bye", "callee"): EndingRow(16, ANSWERED, ANSWERED, "callee_hungup", "callee"),
+    ("bye", "agent"): EndingRow(16, ANSWERED, NO_ANSWER, "agent_hungup", "agent"),
+    ("bye", None): EndingRow(16, ANSWERED, NO_ANSWER, "error", "system"),
+    ("rejected", None): EndingRow(127, FAILED, FAILED, "error", None, by_status=True),
+    ("ring_timeout", None): EndingRow(19, NO_ANSWER, NO_ANSWER, "timeout", "system"),
+    ("api_hangup", None): EndingRow(16, ANSWERED, NO_ANSWER, "api_hangup", "api"),
+    ("rtp_timeout", None): EndingRow(41, ANSWERED, FAILED, "rtp_timeout", "system"),
+    ("max_duration", None): EndingRow(16, ANSWERED, NO_ANSWER, "max_duration", "system"),
+    # the service stopped (SIGTERM) while the call was up
+    ("shutdown", None): EndingRow(41, ANSWERED, FAILED, "shutdown", "system"),
+    ("unreachable", None): EndingRow(38, CONGESTION, CONGESTION, "congestion", "system"),
+    ("not_registered", None): EndingRow(20, FAILED, FAILED, "not_registered", "system"),
+    ("error", None): EndingRow(127, FAILED, FAILED, "error", "system"),
+}
 
 
 def _table(ending: Ending) -> tuple[int, str, str, EndedBy]:
     """(cause, disposition, end_reason, ended_by) before any Reason header override."""
-    kind = ending.kind
-    leg = ending.leg
-    if kind == "bye":
-        if leg == "callee":
-            return CAUSE_NORMAL_CLEARING, ANSWERED, "callee_hungup", "callee"
-        if leg == "agent":
-            return (
-                CAUSE_NORMAL_CLEARING,
-                _answered_or(ending.bridged, NO_ANSWER),
-                "agent_hungup",
-                "agent",
-            )
-        return CAUSE_NORMAL_CLEARING, _answered_or(ending.bridged, NO_ANSWER), "error", "system"
-    if kind == "rejected":
-        status = ending.status
-        ended_by: EndedBy = leg if leg is not None else "system"
-        if status is None or not _is_status(status) or status < 300:
-            return CAUSE_INTERWORKING, FAILED, "error", ended_by
-        return (
-            q850_for_sip_status(status),
-            disposition_for_sip_status(status),
-            end_reason_for_sip_status(status),
-            ended_by,
-        )
-    if kind == "ring_timeout":
-        return CAUSE_NO_ANSWER, NO_ANSWER, "timeout", "system"
-    if kind == "api_hangup":
-        return CAUSE_NORMAL_CLEARING, _answered_or(ending.bridged, NO_ANSWER), "api_hangup", "api"
-    if kind == "rtp_timeout":
-        return (
-            CAUSE_NORMAL_TEMPORARY_FAILURE,
-            _answered_or(ending.bridged, FAILED),
-            "rtp_timeout",
-            "system",
-        )
-    if kind == "max_duration":
-        return (
-            CAUSE_NORMAL_CLEARING,
-            _answered_or(ending.bridged, NO_ANSWER),
-            "max_duration",
-            "system",
-        )
-    if kind == "shutdown":  # the service stopped (SIGTERM) while the call was up
-        return (
-            CAUSE_NORMAL_TEMPORARY_FAILURE,
-            _answered_or(ending.bridged, FAILED),
-            "shutdown",
-            "system",
-        )
-    if kind == "unreachable":
-        return CAUSE_NETWORK_OUT_OF_ORDER, CONGESTION, "congestion", "system"
-    if kind == "not_registered":
-        return CAUSE_SUBSCRIBER_ABSENT, FAILED, "not_registered", "system"
-    return CAUSE_INTERWORKING, FAILED, "error", "system"  # "error" and anything unknown
+    row = ENDINGS.get((ending.kind, ending.leg)) or ENDINGS.get((ending.kind, None))
+    if row is None:  # a kind this table does not know
+        row = ENDINGS[("error", None)]
+    disposition = row.if_bridged if ending.bridged else row.if_not_bridged
+    cause, end_reason = row.cause, row.end_reason
+    if row.by_status:
+        default = StatusRow(cause, disposition, end_reason)
+        cause, disposition, end_reason = _refusal(ending.status, default)
+    return cause, disposition, end_reason, row.ended_by or ending.leg or "system"
 
 
 def classify(ending: Ending) -> Outcome:

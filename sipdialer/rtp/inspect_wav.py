@@ -4,7 +4,9 @@ Owns :func:`measure_wav` (reads a 16-bit PCM WAV with the stdlib ``wave`` module
 measures each channel with numpy), :func:`format_report` (the lines ``sipdialer
 inspect`` and ``sipdialer demo`` print) and :func:`plot_wav` (a PNG: a 25 ms window of
 each channel's waveform above its spectrogram, agent = left channel, callee = right).
-matplotlib is imported only by :func:`plot_wav`.
+matplotlib is imported only by :func:`plot_wav`, and is optional (the ``[plot]`` extra:
+``pip install 'sipdialer[plot]'``); without it :func:`plot_wav` raises
+:class:`PlotUnavailableError`, whose message names the extra, and the rest works.
 
 Measurements, per channel:
 
@@ -26,8 +28,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from sipdialer.rtp.errors import RtpError
+
 __all__ = [
+    "PLOT_EXTRA",
     "ChannelReport",
+    "PlotUnavailableError",
     "WavReport",
     "dominant_frequency",
     "format_report",
@@ -40,6 +46,12 @@ SILENCE_DBFS = -60.0
 FULL_SCALE = 32768.0
 CHANNEL_NAMES = ("left (agent)", "right (callee)")
 SPECTROGRAM_RANGE_DB = 60.0
+#: How to install what :func:`plot_wav` needs.
+PLOT_EXTRA = "pip install 'sipdialer[plot]'"
+
+
+class PlotUnavailableError(RtpError):
+    """matplotlib, which drawing needs, is not installed (the ``[plot]`` extra)."""
 
 
 @dataclass(frozen=True)
@@ -157,10 +169,15 @@ def plot_wav(path: Path | str, png: Path | str | None = None, *, title: str | No
     of the tone); bottom row: each channel's spectrogram, 0–4 kHz. Left column = left
     channel (agent), right column = right channel (callee).
     """
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise PlotUnavailableError(
+            f"drawing needs matplotlib, which is not installed: {PLOT_EXTRA}"
+        ) from exc
 
     samples, rate = read_wav(path)
     report = measure_wav(path)

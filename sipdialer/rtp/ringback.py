@@ -46,8 +46,15 @@ def synthesize_ringback() -> npt.NDArray[np.int16]:
     return np.round(np.concatenate(parts) * 32767).astype(np.int16)
 
 
-def load_ringback(path: Path = DEFAULT_RINGBACK) -> npt.NDArray[np.int16]:
-    """Read an 8 kHz mono WAV as int16 samples; ``ValueError`` for any other format."""
+def load_ringback(path: Path | None = None) -> npt.NDArray[np.int16]:
+    """Read an 8 kHz mono WAV as int16 samples; ``ValueError`` for any other format.
+
+    Without ``path``: ``media/ringback.wav`` of a checkout, or, in an installed package
+    (which does not carry ``media/``), the same tone synthesised."""
+    if path is None:
+        if not DEFAULT_RINGBACK.is_file():
+            return synthesize_ringback()
+        path = DEFAULT_RINGBACK
     data, rate = soundfile.read(str(path), dtype="int16", always_2d=True)
     if rate != RATE:
         raise ValueError(f"{path}: ringback must be {RATE} Hz, not {rate}")

@@ -2,8 +2,10 @@
 ``tmp_path`` (so ``recordings/`` lands there), checked on what they print and write.
 
 Without Redis (``--redis-url`` at a port where nothing listens) the demo uses its
-stand-in and the ``enigma`` prefix; with a real redis-server it uses a demo prefix and
-leaves nothing behind. The notifications it prints must validate against ``schemas/``;
+embedded stand-in (fakeredis's server) and the ``enigma`` prefix; with a real
+redis-server it uses a demo prefix and leaves nothing behind. Without matplotlib (blocked
+by a ``sitecustomize`` on ``PYTHONPATH``) ``--plot`` says which extra to install and exits
+2, and everything else still works. The notifications it prints must validate against ``schemas/``;
 the recording's left channel must carry the agent's 440 Hz and the right the callee's
 1000 Hz (FFT peak ± 15 Hz).
 """
@@ -37,18 +39,42 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KEEP_RUNNING = ("--keep-running", "--talk-seconds", "1")
 
 
-def run(args: list[str], cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+PLOT_EXTRA = "pip install 'sipdialer[plot]'"
+
+
+def run(
+    args: list[str], cwd: Path, timeout: float = 90, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sipdialer", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 
-def demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run(["demo", *args], tmp_path)
+def demo(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run(["demo", *args], tmp_path, env=env)
+
+
+def without_matplotlib(tmp_path: Path) -> dict[str, str]:
+    """An environment in which ``import matplotlib`` fails, as where it is not installed."""
+    site = tmp_path / "no-matplotlib"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None\n")
+    path = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def write_tones(path: Path, seconds: float = 1.0) -> None:
+    """A stereo 8 kHz recording: 440 Hz left, 1000 Hz right."""
+    t = np.arange(int(8000 * seconds)) / 8000
+    left, right = np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 1000 * t)
+    soundfile.write(path, (np.stack([left, right], axis=1) * 16000).astype(np.int16), 8000)
 
 
 def no_redis_url() -> str:
@@ -124,10 +150,11 @@ def test_help_documents_every_option(tmp_path: Path) -> None:
     assert "RECORDING.wav" in out and "--plot" in out and "--png" in out
 
 
-def test_demo_without_redis_uses_the_standin(tmp_path: Path) -> None:
+def test_demo_without_redis_uses_the_embedded_one(tmp_path: Path) -> None:
     result = demo(tmp_path, "--redis-url", no_redis_url())
-    check_answered(result, tmp_path, "enigma")
-    assert "stand-in" in result.stdout
+    check_answered(result, tmp_path, "enigma")  # the notifications went through it
+    assert "using an embedded stand-in" in result.stdout
+    assert re.search(r"at redis://127\.0\.0\.1:\d+/0: fakeredis \d", result.stdout)
     assert "HTTP/1.1 201 Created" in result.stdout
     for state in ("agent_ringing", "callee_ringing", "bridged", "ended"):
         assert f"state -> {state}" in result.stdout
@@ -190,6 +217,49 @@ def test_demo_plot_and_inspect(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "missing.wav" in bad.stderr
 
 
+def test_inspect_plot_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
+    wav = tmp_path / "tones.wav"
+    write_tones(wav)
+    env = without_matplotlib(tmp_path)
+    plain = run(["inspect", str(wav)], tmp_path, env=env)
+    assert plain.returncode == 0 and plain.stderr == "", plain.stderr
+    result = run(["inspect", str(wav), "--plot"], tmp_path, env=env)
+    assert result.returncode == 2
+    assert result.stdout == plain.stdout  # the measurements are printed all the same
+    assert "left (agent)" in result.stdout
+    assert result.stderr.count("\n") == 1 and PLOT_EXTRA in result.stderr, result.stderr
+    assert "matplotlib" in result.stderr and "Traceback" not in result.stderr
+    assert not wav.with_suffix(".png").exists()
+    png = run(["inspect", str(wav), "--png", str(tmp_path / "x.png")], tmp_path, env=env)
+    assert png.returncode == 2 and png.stderr == result.stderr
+    # and with matplotlib, the same command draws (the block above is what made it fail)
+    drawn = run(["inspect", str(wav), "--plot"], tmp_path)
+    assert drawn.returncode == 0, drawn.stderr
+    assert wav.with_suffix(".png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_demo_plot_without_matplotlib_runs_the_call_and_exits_2(tmp_path: Path) -> None:
+    result = demo(
+        tmp_path,
+        "--plot",
+        "--talk-seconds",
+        "1.5",
+        "--redis-url",
+        no_redis_url(),
+        env=without_matplotlib(tmp_path),
+    )
+    out = result.stdout
+    assert result.returncode == 2, out + result.stderr
+    assert result.stderr.count("\n") == 1 and PLOT_EXTRA in result.stderr, result.stderr
+    assert re.search(r"^\s+plot\s+not drawn: .*matplotlib", out, re.M), out
+    assert "the plot was not drawn; exit code 2" in out
+    assert "FAIL" not in out  # the call itself went as expected
+    cdr = printed_document(out, "enigma:notifications:cdr")
+    assert (cdr["payload"]["disposition"], cdr["payload"]["end_code"]) == ("ANSWERED", 16)
+    recordings = list((tmp_path / "recordings").iterdir())
+    assert [p.suffix for p in recordings] == [".wav"]
+
+
 @pytest.mark.timeout(90)
 def test_keep_running_serves_calls_placed_by_hand(tmp_path: Path) -> None:
     proc = subprocess.Popen(
@@ -203,7 +273,12 @@ def test_keep_running_serves_calls_placed_by_hand(tmp_path: Path) -> None:
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
     stdout = proc.stdout
-    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+
+    def read_lines() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=read_lines, daemon=True).start()
     seen: list[str] = []
 
     def wait_for(text: str, timeout: float = 30) -> None:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from sipdialer.engine.call import TRANSITIONS, Act, Call, CallState, CallStateError, CallTimers, Ev
+from sipdialer.engine.call import (
+    DEADLINE_SECONDS,
+    DEADLINES,
+    QUIET_DEADLINES,
+    TRANSITIONS,
+    Act,
+    Call,
+    CallState,
+    CallStateError,
+    CallTimers,
+    Ev,
+)
 
 TIMERS = CallTimers(agent_ring_timeout=30, callee_ring_timeout=45, max_duration=600, rtp_timeout=20)
 
@@ -217,3 +228,73 @@ def test_no_timer_before_start_or_after_end() -> None:
     c.handle(Ev.START, 0)
     c.handle(Ev.AGENT_FAILED, 1, status=486)
     assert c.get_timer() is None
+
+
+def test_the_deadline_table_is_whole() -> None:
+    """Each deadline has a length, and firing it is a legal, ending edge in its state."""
+    for state, events in DEADLINES.items():
+        for event in events:
+            assert event in DEADLINE_SECONDS
+            edge = TRANSITIONS[(state, event)]
+            assert edge.to is CallState.ENDED and Act.FINISH in edge.acts
+    assert set(DEADLINE_SECONDS) >= QUIET_DEADLINES
+    assert CallState.CREATED not in DEADLINES and CallState.ENDED not in DEADLINES
+
+
+PATHS = {
+    CallState.CREATED: [],
+    CallState.AGENT_RINGING: [Ev.START],
+    CallState.CALLEE_RINGING: [Ev.START, Ev.AGENT_ANSWERED],
+    CallState.BRIDGED: [Ev.START, Ev.AGENT_ANSWERED, Ev.CALLEE_ANSWERED],
+    CallState.ENDED: [Ev.START, Ev.AGENT_ANSWERED, Ev.CALLEE_ANSWERED, Ev.CALLEE_BYE],
+}
+FIELDS = {
+    Ev.AGENT_RING_TIMEOUT: "agent_ring_timeout",
+    Ev.CALLEE_RING_TIMEOUT: "callee_ring_timeout",
+    Ev.MAX_DURATION: "max_duration",
+    Ev.RTP_TIMEOUT: "rtp_timeout",
+}
+
+
+#: What SPEC §6 asks, written out independently of call.py's DEADLINES table.
+RUNNING = {
+    CallState.CREATED: set(),
+    CallState.AGENT_RINGING: {Ev.AGENT_RING_TIMEOUT},
+    CallState.CALLEE_RINGING: {Ev.CALLEE_RING_TIMEOUT},
+    CallState.BRIDGED: {Ev.MAX_DURATION, Ev.RTP_TIMEOUT},
+    CallState.ENDED: set(),
+}
+
+
+@pytest.mark.parametrize("state", list(CallState))
+@pytest.mark.parametrize("shortest", list(FIELDS))
+def test_entering_a_state_arms_exactly_its_deadlines(state: CallState, shortest: Ev) -> None:
+    """With one timer much shorter than the others: it fires at entry + its length, with
+    its own ending, if it runs in that state; otherwise nothing happens by then."""
+    assert set(DEADLINES.get(state, ())) == RUNNING[state]
+    lengths = {name: 1000.0 for name in FIELDS.values()} | {FIELDS[shortest]: 5.0}
+    c = Call(CallTimers(**lengths))
+    for ev in PATHS[state]:
+        c.handle(ev, 50.0)
+    assert c.state is state
+    if shortest in RUNNING[state]:
+        assert c.get_timer() == 55.0
+        assert c.handle_timer(54.9) == []
+        assert Act.FINISH in c.handle_timer(55.0)
+        assert c.ending is not None
+        assert (c.ending.kind, c.ending.leg) == TRANSITIONS[(state, shortest)].end
+    elif RUNNING[state]:
+        assert c.get_timer() == 1050.0
+        assert c.handle_timer(55.0) == [] and c.state is state
+    else:
+        assert c.get_timer() is None
+        assert c.handle_timer(55.0) == [] and c.state is state
+
+
+def test_max_duration_fires_before_rtp_timeout_on_a_tie() -> None:
+    tied = Call(CallTimers(max_duration=20, rtp_timeout=20))
+    for ev in PATHS[CallState.BRIDGED]:
+        tied.handle(ev, 0.0)
+    assert tied.get_timer() == 20.0
+    assert Act.FINISH in tied.handle_timer(20.0)
+    assert tied.ending is not None and tied.ending.kind == "max_duration"

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
 from sipdialer.engine.causes import (
     DISPOSITIONS,
     END_REASONS,
+    ENDINGS,
+    OTHER_STATUS,
     Q850_NAMES,
+    SIP_STATUSES,
     Ending,
+    EndingKind,
     Outcome,
     cause_name,
     classify,
@@ -82,6 +88,19 @@ def test_every_spec_status_is_in_the_table() -> None:
              410, 484, 482, 483, 408, 504, 480, 486, 600, 488, 606, 502, 413, 414, 416, 420,
              421, 423, 505, 513}  # fmt: skip
     assert named <= {row[0] for row in SIP_TABLE}
+    # the data table holds exactly SPEC's statuses; everything else is OTHER_STATUS
+    assert set(SIP_STATUSES) == named
+    assert OTHER_STATUS == (127, "FAILED", "error")
+
+
+def test_the_tables_hold_only_known_values() -> None:
+    for cause, disposition, end_reason in [*SIP_STATUSES.values(), OTHER_STATUS]:
+        assert cause in Q850_NAMES and disposition in DISPOSITIONS and end_reason in END_REASONS
+    for row in ENDINGS.values():
+        assert row.cause in Q850_NAMES and row.end_reason in END_REASONS
+        assert {row.if_bridged, row.if_not_bridged} <= set(DISPOSITIONS)
+    # every kind of ending has a row that serves any leg
+    assert {kind for kind, leg in ENDINGS if leg is None} == set(get_args(EndingKind))
 
 
 @pytest.mark.parametrize("status", [200, 202, 299])
@@ -264,6 +283,43 @@ def test_sip_reason_does_not_override() -> None:
         (
             Ending(kind="error", leg=None, detail="boom"),
             Outcome(127, "INTERWORKING", "FAILED", "error", "system", "boom"),
+        ),
+        # rows a leg or ``bridged`` could change, and a kind the table does not know
+        (  # a BYE on no leg: the engine lost track of it
+            Ending(kind="bye", leg=None, bridged=True),
+            Outcome(16, "NORMAL_CLEARING", "ANSWERED", "error", "system"),
+        ),
+        (
+            Ending(kind="bye", leg=None, bridged=False),
+            Outcome(16, "NORMAL_CLEARING", "NO ANSWER", "error", "system"),
+        ),
+        (  # a refusal on no leg is the system's
+            Ending(kind="rejected", leg=None, status=486),
+            Outcome(17, "USER_BUSY", "BUSY", "busy", "system"),
+        ),
+        (  # a 2xx is no refusal: interworking, whatever bridged says
+            Ending(kind="rejected", leg="callee", status=200, bridged=True),
+            Outcome(127, "INTERWORKING", "FAILED", "error", "callee"),
+        ),
+        (
+            Ending(kind="ring_timeout", leg="callee", bridged=True),
+            Outcome(19, "NO_ANSWER", "NO ANSWER", "timeout", "system"),
+        ),
+        (
+            Ending(kind="unreachable", leg=None, bridged=True),
+            Outcome(38, "NETWORK_OUT_OF_ORDER", "CONGESTION", "congestion", "system"),
+        ),
+        (
+            Ending(kind="not_registered", leg="agent", bridged=True),
+            Outcome(20, "SUBSCRIBER_ABSENT", "FAILED", "not_registered", "system"),
+        ),
+        (
+            Ending(kind="error", leg="callee", bridged=True),
+            Outcome(127, "INTERWORKING", "FAILED", "error", "system"),
+        ),
+        (  # not an EndingKind on purpose (hence the ignore): reads as "error"
+            Ending(kind="no-such-kind", leg="agent", bridged=True),  # type: ignore[arg-type]
+            Outcome(127, "INTERWORKING", "FAILED", "error", "system"),
         ),
     ],
 )
