@@ -769,14 +769,14 @@ class Demo:
         while True:
             for runner in [*dialer.active.values(), *dialer.recent.values()]:
                 done = seen.get(runner.id, 0)
-                for entry in runner.timeline[done:]:
-                    text = f"{runner.id[:8]} state -> {entry['state']}"
-                    if entry["state"] == "ended" and runner.cdr is not None:
+                for entry in runner.view().timeline[done:]:
+                    text = f"{runner.id[:8]} state -> {entry.state}"
+                    if entry.state == "ended" and runner.cdr is not None:
                         p = runner.cdr.cdr_payload()
                         text += f": {p['disposition']}, cause {p['end_code']}"
                         if p["recording_url"]:
                             text += f", recording {p['recording_url']}"
-                    self.say.event(float(entry["at"]), "call", text)  # type: ignore[arg-type]
+                    self.say.event(entry.at, "call", text)
                 seen[runner.id] = max(done, len(runner.timeline))
             self.say.flush(time.time() - HOLD_BACK)
             await asyncio.sleep(POLL_SECONDS)

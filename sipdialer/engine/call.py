@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sipdialer.engine.causes import Ending
+from sipdialer.engine.causes import Ending, EndingKind, Leg
 from sipdialer.engine.errors import EngineError
 
 
@@ -85,7 +85,7 @@ _A, _C, _B, _E = (
 )
 
 # How a terminating transition describes the ending: (Ending.kind, leg). None: not terminal.
-_End = tuple[str, str | None]
+_End = tuple[EndingKind, Leg | None]
 
 
 @dataclass(frozen=True)
@@ -224,8 +224,8 @@ class Call:
         if t.end is not None:
             kind, leg = t.end
             self.ending = Ending(
-                kind=kind,  # type: ignore[arg-type]
-                leg=leg,  # type: ignore[arg-type]
+                kind=kind,
+                leg=leg,
                 status=status,
                 reason=tuple(reason),
                 bridged=before is CallState.BRIDGED,

@@ -20,7 +20,7 @@ from sipdialer.engine.cdr import MemorySink
 from sipdialer.service import Service
 from tests.fixtures.baresip import BaresipPhone
 from tests.fixtures.kamailio import KamailioTrunk
-from tests.fixtures.lab import peak_hz, trunk_config
+from tests.fixtures.lab import peak_hz, trunk_config, wait_for
 
 AGENT, CALLEE, OUTBOUND = "1000", "0820001234", "0123456789"
 
@@ -102,7 +102,11 @@ async def test_call_through_the_api(
         )
         assert cdr["call_ref"] == "api-1" and cdr["call_time"] >= 1
         assert (cdr["extension"], cdr["number"], cdr["dial_number"]) == (AGENT, CALLEE, OUTBOUND)
-        assert sink.cdrs and sink.cdrs[-1].call_id == created["id"]
+        # the view shows the CDR as soon as the call ended; the sink gets it once the
+        # recording is closed (the bridge's close runs first)
+        await wait_for(lambda: bool(sink.cdrs), 5, "the CDR at the sink")
+        assert sink.cdrs[-1].call_id == created["id"]
+        assert sink.cdrs[-1].cdr_payload()["end_reason"] == cdr["end_reason"]
         async with client.delete(path) as resp:
             assert resp.status == 200  # already ended
         await asyncio.to_thread(agent.wait_event, "CALL_CLOSED", 5)

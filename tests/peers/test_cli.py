@@ -246,3 +246,34 @@ def test_serve_over_tcp_on_uvloop_registers_answers_and_bridges(
         if proc.poll() is None:
             proc.kill()
     assert "Traceback" not in log_path.read_text()
+
+
+def test_serve_over_tls_as_a_process_registers_and_unregisters(
+    tmp_path: Path, kamailio_trunk: Callable[..., KamailioTrunk]
+) -> None:
+    """``transport = tls`` under ``sipdialer serve``: the trunk's certificate verified against
+    ``ca_file`` for the name given (localhost), the binding on the trunk's TLS socket, and
+    the un-REGISTER over the same flow at SIGTERM."""
+    trunk = kamailio_trunk(qop=True, tls=True)
+    conf = tmp_path / "sip.conf"
+    conf.write_text(
+        f"[trunk]\nregistrar = localhost:{trunk.tls_port}\ntransport = tls\n"
+        f"ca_file = {trunk.ca_file}\ndomain = trunk.test\nusername = dialer\npassword = s3cret\n"
+        f"[sip]\nlisten = 127.0.0.1:{ports.free_port('both')}\n"
+        f"[http]\nlisten = 127.0.0.1:0\n"
+        f"[redis]\nurl = redis://127.0.0.1:1/0\noutbox = {tmp_path / 'outbox'}\n"
+    )
+    proc, log_path = start_serve(conf)
+    try:
+        wait_registered(proc, log_path)
+        bindings = trunk.bindings("dialer")
+        assert bindings and all(b.socket.startswith("tls:") for b in bindings), bindings
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log_path.read_text()
+    assert f"target=127.0.0.1:{trunk.tls_port}/tls" in text
+    assert trunk.lookup("dialer") == []
+    assert "Traceback" not in text
