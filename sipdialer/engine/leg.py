@@ -22,6 +22,8 @@ INVITE is still pending) and must find the new state.
       proceeding    under 2 tries, a usable challenge)
     calling,      2xx                                    → confirmed     tell the call (SDP)
       proceeding
+    calling,      3xx with a Contact we may follow       → calling       INVITE the Contact
+      proceeding    (same host or the trunk, ≤ 3 times)
     calling,      other 3xx–6xx                          → terminated    tell the call: failed
       proceeding
     calling,      timeout, transport error               → terminated    tell the call:
@@ -51,7 +53,9 @@ work comes before the table, the same in every state: each 2xx to the INVITE is 
 it arrives — a retransmission (our ACK was lost) with the same ACK again, also after the
 transaction has ended, and only a 2xx that makes a new dialog goes on to the table; a
 peer's BYE is answered 200, and an in-dialog request that fails the dialog's checks
-gets the dialog's answer (481, 500). An input from the network that a state does not
+gets the dialog's answer (481, 500); a reliable provisional response (``Require: 100rel``,
+RFC 3262) is PRACKed in its early dialog (once per RSeq; retransmissions are discarded),
+and its SDP is early media like any 18x's. An input from the network that a state does not
 list is absorbed (a 1xx after our CANCEL, a late final of another fork, the answer to a
 BYE of another fork); ``invite()`` outside idle raises :class:`LegStateError`.
 """
@@ -61,12 +65,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import ClassVar, Protocol
 
 from sipdialer.aio.useragent import ALLOW, UserAgent
 from sipdialer.engine.errors import EngineError
+from sipdialer.logs import quote_value
+from sipdialer.sip.address import parse_address, parse_uri, split_commas
 from sipdialer.sip.dialog import Dialog
 from sipdialer.sip.digest import ClientAuthenticator, DigestError, pick_challenge
 from sipdialer.sip.errors import SipParseError
@@ -82,6 +88,14 @@ from sipdialer.sip.sdp import AudioOffer, SdpError, parse_sdp
 from sipdialer.sip.transaction import ClientTransaction
 
 log = logging.getLogger("sipdialer.leg")
+
+#: 3xx responses a leg follows at most (RFC 3261 §8.1.3.4 leaves the count to us).
+MAX_REDIRECTS = 3
+
+
+def _ignore(_: Event) -> None:
+    """Owner of our PRACK transactions: their outcome changes nothing (RFC 3262 §4)."""
+
 
 Addr = tuple[str, int]
 
@@ -108,6 +122,7 @@ class LegInput(Enum):
     RECV_1XX = "1xx to the INVITE (but 100)"
     RECV_2XX = "2xx to the INVITE making a new dialog"
     RECV_CHALLENGE = "401/407 to the INVITE that we can answer"
+    RECV_REDIRECT = "3xx to the INVITE with a Contact we may follow"
     RECV_FAILURE = "3xx-6xx to the INVITE"
     INVITE_UNANSWERED = "INVITE timed out or could not be sent"
     # from our BYE's transaction
@@ -155,6 +170,8 @@ class LegTarget:
     contact_uri: str = ""
     credentials: tuple[str, str] | None = None
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
+    redirect_hosts: tuple[str, ...] = ()
+    """Hosts besides the Request-URI's and ``dest`` a 3xx may send this leg to."""
 
 
 class Leg:
@@ -168,6 +185,7 @@ class Leg:
         CALLING: {
             LegInput.RECV_1XX: (PROCEEDING, "progress"),
             LegInput.RECV_CHALLENGE: (CALLING, "invite_with_digest"),
+            LegInput.RECV_REDIRECT: (CALLING, "follow_redirect"),
             LegInput.RECV_2XX: (CONFIRMED, "answered"),
             LegInput.RECV_FAILURE: (TERMINATED, "failed"),
             LegInput.INVITE_UNANSWERED: (TERMINATED, "unreachable"),
@@ -176,6 +194,7 @@ class Leg:
         PROCEEDING: {
             LegInput.RECV_1XX: (PROCEEDING, "progress"),
             LegInput.RECV_CHALLENGE: (PROCEEDING, "invite_with_digest"),
+            LegInput.RECV_REDIRECT: (CALLING, "follow_redirect"),
             LegInput.RECV_2XX: (CONFIRMED, "answered"),
             LegInput.RECV_FAILURE: (TERMINATED, "failed"),
             LegInput.INVITE_UNANSWERED: (TERMINATED, "unreachable"),
@@ -184,6 +203,7 @@ class Leg:
         CANCELLING: {
             LegInput.RECV_2XX: (TERMINATING, "answered_after_cancel"),
             LegInput.RECV_CHALLENGE: (TERMINATED, "cancelled"),
+            LegInput.RECV_REDIRECT: (TERMINATED, "cancelled"),
             LegInput.RECV_FAILURE: (TERMINATED, "cancelled"),
             LegInput.INVITE_UNANSWERED: (TERMINATED, "unanswered_after_cancel"),
             LegInput.HANGUP: (CANCELLING, None),
@@ -240,6 +260,10 @@ class Leg:
         )
         self._auth_tries = 0
         self._acks: dict[str, Request] = {}  # to-tag → ACK we sent for its 2xx
+        self._early: dict[str, Dialog] = {}  # to-tag → early dialog we PRACKed in
+        self._rseq: dict[str, int] = {}  # to-tag → highest RSeq PRACKed
+        self.redirects: list[str] = []
+        """Request-URIs we followed 3xx responses to, in order (for the CDR)."""
 
     # ---- commands from the call ----------------------------------------------------------
     def invite(self) -> None:
@@ -282,7 +306,7 @@ class Leg:
     def _on_invite_response(self, resp: Response) -> None:
         status = resp.status
         if status < 200:
-            if status != 100:
+            if status != 100 and self._take_reliably(resp):
                 self._fire(LegInput.RECV_1XX, response=resp)
         elif status < 300:
             dialog = self._ack_2xx(resp)
@@ -290,6 +314,8 @@ class Leg:
                 self._fire(LegInput.RECV_2XX, response=resp, dialog=dialog)
         elif status in (401, 407) and self._can_answer(resp):
             self._fire(LegInput.RECV_CHALLENGE, response=resp)
+        elif status < 400 and (uri := self._redirect_target(resp)) is not None:
+            self._fire(LegInput.RECV_REDIRECT, response=resp, uri=uri)
         else:
             self._fire(LegInput.RECV_FAILURE, response=resp)
 
@@ -302,6 +328,62 @@ class Leg:
         except DigestError:
             return False
         return True
+
+    def _take_reliably(self, resp: Response) -> bool:
+        """A 1xx is taken (True) unless it is a retransmitted reliable one; a new reliable
+        one (RFC 3262: ``Require: 100rel`` and an RSeq) is PRACKed in its early dialog."""
+        required = {v.strip().lower() for v in split_commas(resp.headers.get("Require") or "")}
+        if "100rel" not in required:
+            return True
+        try:
+            rseq = int((resp.headers.get("RSeq") or "").strip())
+            to_tag = resp.to_addr().tag or ""
+        except (ValueError, SipParseError):
+            return True  # unusable as reliable: taken as a plain provisional
+        if not to_tag or rseq <= self._rseq.get(to_tag, -1):
+            return False  # a retransmission (our PRACK is on its way) or no dialog
+        assert self._invite is not None
+        dialog = self._early.get(to_tag)
+        if dialog is None:
+            try:
+                dialog = Dialog.from_uac_response(self._invite, resp)
+            except SipParseError:
+                return True
+            self._early[to_tag] = dialog
+        else:
+            dialog.update_from_response(resp)
+        self._rseq[to_tag] = rseq
+        invite_seq = self._invite.cseq()[0]
+        prack = dialog.create_request("PRACK", extra=[("RAck", f"{rseq} {invite_seq} INVITE")])
+        self.ua.send_request(prack, self._next_hop(dialog), self.target.transport, _ignore)
+        log.info("event=leg_prack %s rseq=%d", self.log_ctx, rseq)
+        return True
+
+    def _redirect_target(self, resp: Response) -> str | None:
+        """The Contact of a 3xx to follow: a sip: URI on the host we called or the trunk's
+        address, at most :data:`MAX_REDIRECTS` times; None when there is none."""
+        if len(self.redirects) >= MAX_REDIRECTS:
+            return None
+        allowed = {parse_uri(self.target.request_uri).host.lower(), self.target.dest[0].lower()}
+        allowed |= {u.lower() for u in self.target.redirect_hosts}
+        candidates: list[tuple[float, str]] = []
+        for value in resp.headers.values("Contact"):
+            try:
+                address = parse_address(value)
+                uri = address.sip_uri
+            except SipParseError:
+                continue
+            try:
+                q = float(address.params.get("q") or 1.0)
+            except ValueError:
+                q = 0.0
+            if uri.scheme == "sip" and uri.host.strip("[]").lower() in allowed:
+                candidates.append((q, address.uri))
+        seen = {self.target.request_uri, *self.redirects}
+        for _, uri_text in sorted(candidates, key=lambda c: -c[0]):
+            if uri_text not in seen:
+                return uri_text
+        return None
 
     def _ack_2xx(self, resp: Response) -> Dialog | None:
         """ACK a 2xx to our INVITE: again with the same ACK for a retransmission (None),
@@ -318,6 +400,9 @@ class Leg:
             dialog = Dialog.from_uac_response(self._invite, resp)
         except SipParseError:
             return None
+        early = self._early.get(to_tag)
+        if early is not None and (early.local_seq or 0) > (dialog.local_seq or 0):
+            dialog.local_seq = early.local_seq  # our PRACKs used CSeq numbers of the dialog
         ack = dialog.create_ack(self._invite.cseq()[0])
         self._acks[to_tag] = ack
         self._send_ack(ack, dialog)
@@ -368,6 +453,7 @@ class Leg:
                 ("CSeq", f"{self.cseq} INVITE"),
                 ("Contact", f"<{t.contact_uri}>"),
                 ("Allow", ALLOW),
+                ("Supported", "100rel"),
                 ("Content-Type", "application/sdp"),
             ]
         )
@@ -393,6 +479,18 @@ class Leg:
             response.headers.get_all(_challenge_header(response)), proxy=response.status == 407
         )
         self._auth_tries += 1
+        self._send_invite()
+
+    def _follow_redirect(self, *, response: Response, uri: str, **_: object) -> None:
+        log.info(
+            "event=leg_redirected %s status=%d to=%s",
+            self.log_ctx,
+            response.status,
+            quote_value(uri),
+        )
+        self.redirects.append(uri)
+        self.target = replace(self.target, request_uri=uri)
+        self._auth_tries = 0
         self._send_invite()
 
     def _progress(self, *, response: Response, **_: object) -> None:

@@ -174,10 +174,14 @@ class Rig:
         return [(tx, owner) for tx, owner in self.ua.requests if tx.request.method == method][-1]
 
     def respond(
-        self, status: int, tag: str = "callee-1", extra: tuple[tuple[str, str], ...] = ()
+        self,
+        status: int,
+        tag: str = "callee-1",
+        extra: tuple[tuple[str, str], ...] = (),
+        contact_uri: str | None = None,
     ) -> None:
         tx, owner = self._last("INVITE")
-        contact = ("Contact", f"<sip:{tag}@192.0.2.5:5060>")
+        contact = ("Contact", f"<{contact_uri or f'sip:{tag}@192.0.2.5:5060'}>")
         response = make_response(tx.request, status, to_tag=tag, extra=[contact, *extra])
         owner(ResponseReceived(response, cast(ClientTransaction, tx)))
 
@@ -215,6 +219,7 @@ INPUTS: dict[LegInput, Callable[[Rig], None]] = {
     E.RECV_2XX: lambda r: r.respond(200, tag="fork-2"),
     E.RECV_CHALLENGE: lambda r: r.respond(401, extra=(("WWW-Authenticate", CHALLENGE),)),
     E.RECV_FAILURE: lambda r: r.respond(486),
+    E.RECV_REDIRECT: lambda r: r.respond(302, contact_uri="sip:0820009999@trunk.test"),
     E.INVITE_UNANSWERED: lambda r: r.invite_times_out(),
     E.BYE_ENDED: lambda r: r.bye_answered(),
     E.RECV_BYE: lambda r: r.peer_sends("BYE"),
@@ -271,6 +276,9 @@ EXPECTED: list[tuple[LegState, LegInput, LegState, list[str]]] = [
         ["~leg_unreachable", "unreachable 408", "terminated"],
     ),
     (S.CALLING, E.HANGUP, S.CANCELLING, ["CANCEL", "~leg_cancel"]),
+    (S.CALLING, E.RECV_REDIRECT, S.CALLING, ["~leg_redirected", "INVITE", "~leg_invite"]),
+    (S.PROCEEDING, E.RECV_REDIRECT, S.CALLING, ["~leg_redirected", "INVITE", "~leg_invite"]),
+    (S.CANCELLING, E.RECV_REDIRECT, S.TERMINATED, ["~leg_failed", "terminated"]),
     (S.PROCEEDING, E.RECV_1XX, S.PROCEEDING, ["progress"]),
     (S.PROCEEDING, E.RECV_CHALLENGE, S.PROCEEDING, ["INVITE +digest", "~leg_invite"]),
     (S.PROCEEDING, E.RECV_2XX, S.CONFIRMED, ["ACK", "~leg_answered", "answered"]),
@@ -419,3 +427,64 @@ def test_an_unusable_reoffer_is_refused_with_488() -> None:
     rig = rig_in(S.CONFIRMED)
     rig.peer_sends("INVITE", b"not sdp")
     assert rig.leg.state is S.CONFIRMED and rig.take_effects() == ["488 INVITE"]
+
+
+# ---- redirects (3xx) and reliable provisional responses (RFC 3262) ---------------------------
+
+
+def test_a_redirect_is_followed_to_the_same_host_only_and_at_most_three_times() -> None:
+    rig = rig_in(S.CALLING)
+    for n in range(3):
+        rig.respond(302, contact_uri=f"sip:08200000{n:02d}@trunk.test")
+        assert rig.leg.state is S.CALLING
+        assert rig._last("INVITE")[0].request.uri == f"sip:08200000{n:02d}@trunk.test"
+    rig.respond(302, contact_uri="sip:0820000099@trunk.test")  # a fourth: not followed
+    assert rig.leg.state is S.TERMINATED
+    assert rig.leg.final_status == 302
+    assert rig.leg.redirects == [f"sip:08200000{n:02d}@trunk.test" for n in range(3)]
+
+
+def test_a_redirect_to_another_host_is_a_failure() -> None:
+    rig = rig_in(S.CALLING)
+    rig.respond(302, contact_uri="sip:0820001234@evil.example")
+    assert rig.leg.state is S.TERMINATED and rig.leg.redirects == []
+    assert "failed 302" in rig.take_effects()
+
+
+def test_a_redirect_to_the_trunk_address_or_a_configured_host_is_followed() -> None:
+    rig = rig_in(S.CALLING)
+    rig.respond(301, contact_uri="sip:0820001234@192.0.2.9:5060")
+    assert rig.leg.state is S.CALLING and rig.leg.redirects == ["sip:0820001234@192.0.2.9:5060"]
+    rig.leg.target.redirect_hosts = ("partner.example",)
+    rig.respond(302, contact_uri="sip:0820001234@partner.example")
+    assert rig.leg.state is S.CALLING and len(rig.leg.redirects) == 2
+
+
+def reliable(rseq: int) -> tuple[tuple[str, str], ...]:
+    return (("Require", "100rel"), ("RSeq", str(rseq)))
+
+
+def test_a_reliable_provisional_is_pracked_once_per_rseq_and_cseq_stays_ordered() -> None:
+    rig = rig_in(S.CALLING)
+    assert rig._last("INVITE")[0].request.headers.get("Supported") == "100rel"
+    rig.respond(183, extra=reliable(1))
+    assert rig.take_effects() == ["PRACK", "~leg_prack", "progress"]
+    prack = rig._last("PRACK")[0].request
+    invite_seq = rig._last("INVITE")[0].request.cseq()[0]
+    assert prack.headers.get("RAck") == f"1 {invite_seq} INVITE"
+    assert prack.cseq() == (invite_seq + 1, "PRACK")
+    rig.respond(183, extra=reliable(1))  # a retransmission: discarded
+    assert rig.take_effects() == []
+    rig.respond(180, extra=reliable(2))
+    assert rig.take_effects() == ["PRACK", "~leg_prack", "progress"]
+    rig.respond(200)
+    rig.take_effects()
+    rig.leg.hangup("Q.850;cause=16")
+    bye = rig._last("BYE")[0].request
+    assert bye.cseq() == (invite_seq + 3, "BYE")  # after both PRACKs
+
+
+def test_a_plain_provisional_is_not_pracked() -> None:
+    rig = rig_in(S.CALLING)
+    rig.respond(180, extra=(("RSeq", "1"),))  # no Require: 100rel
+    assert rig.take_effects() == ["progress"]
