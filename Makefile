@@ -24,6 +24,10 @@ PEER_BINARIES := redis-server kamailio kamcmd baresip sipp sox dnsmasq
 # dnsmasq-base: the binary only (the `dnsmasq` package would install a system DNS service)
 PEER_PACKAGES := redis-server kamailio kamailio-tls-modules baresip-core sip-tester sox \
 	libsox-fmt-base dnsmasq-base openssl
+# optional, for the side-by-side bench only (`python bench/bridge.py --against rtpengine`),
+# not installed by `make peers` nor needed by `make test`: rtpengine-daemon
+# (apt-get install --no-install-recommends rtpengine-daemon, with a policy-rc.d exiting 101
+# as `make peers` uses, so that its service does not start)
 APT_GET ?= apt-get
 # exit 101 = "do not start services" while the packages install (kamailio, redis)
 POLICY_RC ?= /usr/sbin/policy-rc.d

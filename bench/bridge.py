@@ -1,29 +1,58 @@
-"""Media relay capacity: N recorded calls through the real Bridge + Recorder on one core.
+"""Media relay capacity: the project's Bridge (+ Recorder) on one core, alone or beside rtpengine.
 
     python bench/bridge.py --calls N --seconds S [--warmup W] [--no-record] [--keep]
+    python bench/bridge.py --against rtpengine --calls N --seconds S
+    python bench/bridge.py --against rtpengine --ramp [--ramp-start A --ramp-step B
+                           --ramp-max C --ramps 3] --seconds S
+    python bench/bridge.py --ramp [--no-record] ...      (the project's relay only)
 
-The *service* is a child process pinned to one core: uvloop, N :class:`Bridge` objects
-(two legs each, symmetric RTP), each connected and recording to a WAV in a temporary
-directory (deleted afterwards unless ``--keep``). The *load generator* is this process,
-pinned to the other core: it plays both phones of every call, each sending a 20 ms PCMU
-packet (160-byte payload) every 20 ms to its leg and receiving what the relay forwards
-from the other side. To fit 2N phones on one core it batches: phones are spread over 20
-send slots 1 ms apart (so the load is smooth, as with unsynchronised real phones), each
-slot's packets go out in one ``sendmmsg`` call and arrivals are drained with
+The *relay under test* runs pinned to one core. For the project's relay that is a child
+process: uvloop, N :class:`Bridge` objects (two legs each, symmetric RTP), each connected
+and recording to a WAV in a temporary directory (deleted afterwards unless ``--keep``;
+``--no-record`` leaves the recorder out). For rtpengine (``--against rtpengine``) it is
+Debian's ``rtpengine-daemon`` (``apt-get install --no-install-recommends
+rtpengine-daemon``; its packaged service need not run): started per measurement with
+``--config-file=none --table=-1`` (userspace only) ``--num-threads=1``, no recording, on
+a free ng port and a free RTP port range, the whole process pinned to the same core, and
+each call set up over its ng control protocol (``offer`` from phone A, ``answer`` from
+phone B, ``delete`` at the end; see ``bench/rtpengine_ng.py``).
+
+The *load generator* is this process, pinned to the other core, the same for every
+relay: it plays both phones of every call, each sending a 20 ms PCMU packet (12-byte RTP
+header + 160-byte payload = 172 bytes) every 20 ms to its leg and receiving what the relay
+forwards from the other side. To fit 2N phones on one core it batches: phones are spread
+over 20 send slots 1 ms apart (so the load is smooth, as with unsynchronised real phones),
+each slot's packets go out in one ``sendmmsg`` call and arrivals are drained with
 ``recvmmsg`` (both through ctypes), headers and timestamps are updated with numpy, and
 latency is taken from the kernel's receive timestamps (so the generator's own scheduling
-does not count). The
-phones share 20 UDP sockets (the relay latches per leg, not per address, so this is
-invisible to it). One generator process keeps up with 1000 calls (2000 phones, 100 k
-packets/s each way); its worst lag behind schedule is printed.
+does not count). The phones share 20 UDP sockets (both relays forward per leg, not per
+address, so this is invisible to them). One generator process keeps up with 1000 calls
+(2000 phones, 100 k packets/s each way); its worst lag behind schedule is printed.
 
-Measured over the steady window (after ``--warmup``): ``pps`` packets/s sent by the
-service, ``cpu_pct`` its CPU time / wall time ×100 (of one core, from /proc), ``p50_ms`` /
-``p99_ms`` added latency (send time in the payload to the kernel's receive timestamp at
-the other phone's socket, both CLOCK_REALTIME), ``loss_pct`` packets sent by all phones
-vs received by all phones over the whole run (both directions, after a drain),
-``rss_kb_per_call`` (service RSS with N calls − RSS idle) / N. The last line printed is
-one JSON object with those keys.
+Measured over the steady window (after ``--warmup``): ``pps`` packets/s sent by the relay
+(the project's legs' counters; rtpengine's ``relayedpackets`` from its ng ``statistics``),
+``cpu_pct`` its CPU time / wall time ×100 (of one core, from /proc, all threads),
+``p50_ms`` / ``p99_ms`` added latency (send time in the payload to the kernel's receive
+timestamp at the other phone's socket, both CLOCK_REALTIME), ``loss_pct`` packets sent by
+all phones vs received by all phones over the whole run (both directions, after a drain),
+``rss_kb_per_call`` (relay RSS with N calls − RSS idle) / N. Without ``--against`` and
+``--ramp`` the last line printed is one JSON object with those keys.
+
+A load *passes* when ``loss_pct`` < 0.1 and ``p50_ms`` < 10 (``p99_ms`` is reported).
+``--against rtpengine`` measures, in one run and at the same N, the project's relay
+recording, the project's relay with ``--no-record``, and rtpengine (``--no-record`` drops
+the recorded one); at one N it prints each one's figures, whether it passed and a capacity
+*estimate* from its CPU per call (N ÷ CPU share; low N underestimates, as every packet
+then costs a wake-up), with their ratios. ``--ramp`` measures capacity instead: from
+``--ramp-start`` calls up by ``--ramp-step`` until a relay fails the rule, its capacity
+being the last N it passed (0 if none); within each step the relays run one after the
+other, in an order rotated from step to step, so that machine noise hits them alike; a
+relay that failed drops out of the ramp. ``--ramps`` (default 3) ramps give
+each relay's min / median / max, and the ratio of the medians against rtpengine. The last
+line is one JSON object in every mode.
+
+The machine's other load skews every figure: ``other_load_on_service_core_pct`` shows
+how much of the relay's core something else took during the window.
 """
 
 from __future__ import annotations
@@ -37,14 +66,17 @@ import os
 import selectors
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from rtpengine_ng import NgError, RtpengineDaemon
 
 HOST = "127.0.0.1"
 SLOTS = 20  # send slots per 20 ms tick
@@ -101,11 +133,11 @@ def core_busy_seconds(core: int) -> float:
     return 0.0
 
 
-def pin(core: int) -> int:
+def choose_cores() -> tuple[int, int]:
+    """``(relay core, generator core)``: the first two CPUs this process may use (the same
+    one twice on a one-CPU machine). Called once, before anything is pinned."""
     cores = sorted(os.sched_getaffinity(0))
-    chosen = cores[core % len(cores)]
-    os.sched_setaffinity(0, {chosen})
-    return chosen
+    return cores[SERVICE_CORE % len(cores)], cores[GENERATOR_CORE % len(cores)]
 
 
 # --------------------------------------------------------------------------------------
@@ -113,8 +145,8 @@ def pin(core: int) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def service_main(conn: Connection, record_dir: str | None) -> None:
-    pin(SERVICE_CORE)
+def service_main(conn: Connection, record_dir: str | None, core: int) -> None:
+    os.sched_setaffinity(0, {core})
     import resource
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -333,28 +365,212 @@ class Receiver:
 
 
 # --------------------------------------------------------------------------------------
+# The relays under test
+# --------------------------------------------------------------------------------------
+
+Address = tuple[str, int]
+
+
+class RelayUnderTest(Protocol):
+    """What the generator needs of a relay: a process to measure, calls to open between
+    pairs of phones, a counter of packets it sent, and an end."""
+
+    name: str  # key in the JSON output
+    label: str  # for the human-readable lines
+
+    def start(self, calls: int) -> int:
+        """Start the relay for up to ``calls`` calls; the pid whose CPU and RSS count."""
+        ...
+
+    def open(self, phones: list[tuple[Address, Address]]) -> list[tuple[int, int]]:
+        """One call per (phone A, phone B): the ports A and B send to."""
+        ...
+
+    def relayed(self) -> int:
+        """Packets the relay has sent so far."""
+        ...
+
+    def close(self) -> dict[str, Any]:
+        """End the calls and the relay; what it says about the run."""
+        ...
+
+    def stop(self) -> None:
+        """Make sure nothing of it is left (idempotent; also after a failure)."""
+        ...
+
+
+class SipdialerRelay:
+    """The project's relay: :func:`service_main` in a child process."""
+
+    def __init__(self, core: int, record: bool, keep: bool = False) -> None:
+        self.core = core
+        self.record = record
+        self.keep = keep
+        self.name = "sipdialer_recorded" if record else "sipdialer_unrecorded"
+        self.label = "sipdialer Bridge + Recorder" if record else "sipdialer Bridge (no recording)"
+        self.record_dir: str | None = None
+        self.proc: BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.calls = 0
+
+    def start(self, calls: int) -> int:
+        ctx = mp.get_context("spawn")
+        self.record_dir = tempfile.mkdtemp(prefix="bench-bridge-") if self.record else None
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=service_main, args=(child, self.record_dir, self.core), daemon=True
+        )
+        self.proc.start()
+        tag, pid = self.conn.recv()
+        assert tag == "ready"
+        return int(pid)
+
+    def _ask(self, *message: Any) -> Any:
+        assert self.conn is not None
+        self.conn.send(message)
+        return self.conn.recv()[1]
+
+    def open(self, phones: list[tuple[Address, Address]]) -> list[tuple[int, int]]:
+        self.calls = len(phones)
+        return [(int(a), int(b)) for a, b in self._ask("open", phones)]
+
+    def relayed(self) -> int:
+        return int(self._ask("stats")["packets_out"])
+
+    def close(self) -> dict[str, Any]:
+        closed = self._ask("close")
+        assert self.conn is not None and self.proc is not None
+        self.conn.send(("exit",))
+        self.proc.join(10)
+        info: dict[str, Any] = {
+            "service_in": closed["packets_in"],
+            "service_out": closed["packets_out"],
+            "service_dropped": closed["dropped"],
+            "recording_errors": closed["recording_errors"],
+            "recordings": self.record_dir if self.keep else None,
+        }
+        if self.record_dir is not None:
+            info.update(check_recordings(Path(self.record_dir), self.calls))
+        return info
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.record_dir is not None and not self.keep:
+            shutil.rmtree(self.record_dir, ignore_errors=True)
+
+
+class RtpengineRelay:
+    """rtpengine (userspace, one thread), one fresh daemon per measurement."""
+
+    name = "rtpengine"
+    label = "rtpengine (userspace, 1 thread, no recording)"
+
+    def __init__(self, core: int) -> None:
+        self.core = core
+        self.daemon: RtpengineDaemon | None = None
+        self.workdir: str | None = None
+        self.call_ids: list[str] = []
+
+    def start(self, calls: int) -> int:
+        from sipdialer.demo.ports import free_port
+
+        self.workdir = tempfile.mkdtemp(prefix="bench-rtpengine-")
+        # RTP + RTCP for both sides of every call; rtpengine picks ports at random in
+        # its range, so give it room to spare
+        low, high = free_rtp_range(8 * calls + 1000)
+        self.daemon = RtpengineDaemon(
+            self.core, free_port(HOST), low, high, Path(self.workdir) / "rtpengine.log", HOST
+        )
+        return self.daemon.start()
+
+    def open(self, phones: list[tuple[Address, Address]]) -> list[tuple[int, int]]:
+        assert self.daemon is not None
+        run_tag = os.urandom(4).hex()
+        ports = []
+        for i, (phone_a, phone_b) in enumerate(phones):
+            call_id = f"bench-{run_tag}-{i}"
+            ports.append(self.daemon.open_call(call_id, phone_a, phone_b))
+            self.call_ids.append(call_id)
+        return ports
+
+    def _totals(self) -> dict[str, Any]:
+        assert self.daemon is not None and self.daemon.ng is not None
+        stats = self.daemon.ng.request("statistics")["statistics"]
+        return dict(stats["totalstatistics"])
+
+    def relayed(self) -> int:
+        return int(self._totals()["relayedpackets"])
+
+    def close(self) -> dict[str, Any]:
+        assert self.daemon is not None
+        totals = self._totals()
+        failed = 0
+        for call_id in self.call_ids:
+            try:
+                self.daemon.delete_call(call_id)
+            except NgError:
+                failed += 1
+        self.call_ids = []
+        info = {
+            "service_out": int(totals["relayedpackets"]),
+            "service_errors": int(totals["relayedpacketerrors"]),
+            "delete_errors": failed,
+            "rtpengine_log": self.daemon.log_tail(3),
+        }
+        self.daemon.stop()
+        return info
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def free_rtp_range(count: int) -> tuple[int, int]:
+    """``count`` consecutive UDP ports (every even one bindable now), below the kernel's
+    ephemeral range when they fit there."""
+    from sipdialer.demo.ports import bindable, free_port_range
+
+    try:
+        return free_port_range(count, HOST)
+    except OSError:
+        pass
+    for low in range(22000, 65536 - count, 1000):
+        if all(bindable(HOST, p, socket.SOCK_DGRAM) for p in range(low, low + count, 2)):
+            return low, low + count - 1
+    raise OSError(f"no block of {count} free UDP ports on {HOST}")
+
+
+# --------------------------------------------------------------------------------------
 # The generator (this process)
 # --------------------------------------------------------------------------------------
 
 
-def run(calls: int, seconds: float, warmup: float, record: bool, keep: bool) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    record_dir = tempfile.mkdtemp(prefix="bench-bridge-") if record else None
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=service_main, args=(child, record_dir), daemon=True)
-    proc.start()
-    core = pin(GENERATOR_CORE)
+def measure(
+    relay: RelayUnderTest, calls: int, seconds: float, warmup: float, cores: tuple[int, int]
+) -> dict[str, Any]:
+    """``calls`` calls through ``relay`` for ``warmup`` + ``seconds``:
+    ``{"result": {...}, "info": {...}}`` (keys in the module's docstring)."""
+    service_core, generator_core = cores
+    os.sched_setaffinity(0, {generator_core})
+    socks: list[socket.socket] = []
+    sel = selectors.EpollSelector()
     try:
-        tag, pid = parent.recv()
-        assert tag == "ready"
-        service_core = next(iter(os.sched_getaffinity(pid)))
+        pid = relay.start(calls)
         time.sleep(0.3)
         rss_idle = rss_kb(pid)
 
         n_phones = 2 * calls
-        socks = []
         for _ in range(SLOTS):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
             s.bind((HOST, 0))
             s.setblocking(False)
             s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -362,21 +578,17 @@ def run(calls: int, seconds: float, warmup: float, record: bool, keep: bool) -> 
                 s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE (root)
             except OSError:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            socks.append(s)
         # phone j: call j // 2, side j % 2 (0 = agent/A, 1 = callee/B), slot j % SLOTS,
         # sending and receiving on socks[slot]
         slot_of = np.arange(n_phones) % SLOTS
         addr_of = [socks[int(slot_of[j])].getsockname() for j in range(n_phones)]
-        parent.send(("open", [(addr_of[2 * i], addr_of[2 * i + 1]) for i in range(calls)]))
-        tag, ports = parent.recv()
-        assert tag == "opened"
+        ports = relay.open([(addr_of[2 * i], addr_of[2 * i + 1]) for i in range(calls)])
         dest = [(HOST, ports[j // 2][j % 2]) for j in range(n_phones)]
         batches = []
         for slot in range(SLOTS):
             phones = np.nonzero(slot_of == slot)[0].astype(np.uint32)
             batches.append(SendBatch(socks[slot].fileno(), phones, [dest[j] for j in phones]))
         rx = Receiver(n_phones)
-        sel = selectors.EpollSelector()
         for s in socks:
             sel.register(s, selectors.EVENT_READ)
 
@@ -396,32 +608,27 @@ def run(calls: int, seconds: float, warmup: float, record: bool, keep: bool) -> 
                 slot = (slot + 1) % SLOTS
                 next_ns += SLOT_NS
                 if not window and next_ns >= warm_end:
-                    parent.send(("stats",))
+                    window["relayed0"] = relay.relayed()
                     window["t0"] = time.monotonic()
                     window["cpu0"] = cpu_seconds(pid)
                     window["core0"] = core_busy_seconds(service_core)
-                    window["stats0"] = parent.recv()[1]
                 now = time.monotonic_ns()
             if next_ns >= end:
                 break
             for key, _ in sel.select(max(0.0, (next_ns - now) / 1e9)):
                 rx.drain(key.fd)
         # steady window ends here
-        parent.send(("stats",))
-        stats1 = parent.recv()[1]
         t1 = time.monotonic()
         cpu1 = cpu_seconds(pid)
         core1 = core_busy_seconds(service_core)
+        relayed1 = relay.relayed()
         rss_loaded = rss_kb(pid)
         # drain what is still in flight
         quiet_until = time.monotonic() + 0.5
         while time.monotonic() < quiet_until:
             for key, _ in sel.select(0.05):
                 rx.drain(key.fd)
-        parent.send(("close",))
-        closed = parent.recv()[1]
-        parent.send(("exit",))
-        proc.join(10)
+        closed = relay.close()
 
         wall = t1 - window["t0"]
         sent = sum(b.sent for b in batches)
@@ -429,7 +636,7 @@ def run(calls: int, seconds: float, warmup: float, record: bool, keep: bool) -> 
         lat = np.concatenate(rx.latencies) if rx.latencies else np.zeros(1, dtype=np.int64)
         result = {
             "calls": calls,
-            "pps": round((stats1["packets_out"] - window["stats0"]["packets_out"]) / wall),
+            "pps": round((relayed1 - window["relayed0"]) / wall),
             "loss_pct": round(100.0 * (sent - received) / max(sent, 1), 4),
             "p50_ms": round(float(np.percentile(lat, 50)) / 1e6, 3),
             "p99_ms": round(float(np.percentile(lat, 99)) / 1e6, 3),
@@ -437,33 +644,37 @@ def run(calls: int, seconds: float, warmup: float, record: bool, keep: bool) -> 
             "rss_kb_per_call": round((rss_loaded - rss_idle) / calls, 1),
         }
         info = {
+            "relay": relay.name,
             "seconds": round(wall, 2),
             "sent": sent,
             "received": received,
             "send_errors": sum(b.errors for b in batches),
-            "service_in": closed["packets_in"],
-            "service_out": closed["packets_out"],
-            "service_dropped": closed["dropped"],
-            "recording_errors": closed["recording_errors"],
+            **closed,
             "generator_max_lag_ms": round(max_lag / 1e6, 2),
-            # the service core's busy time beyond the service itself (other processes,
+            # the service core's busy time beyond the relay itself (other processes,
             # interrupts): a busy machine shows here, and in the latencies
             "other_load_on_service_core_pct": round(
                 100.0 * ((core1 - window["core0"]) - (cpu1 - window["cpu0"])) / wall, 1
             ),
             "rss_idle_kb": rss_idle,
             "rss_loaded_kb": rss_loaded,
-            "generator_core": core,
-            "recordings": record_dir if keep else None,
+            "service_core": service_core,
+            "generator_core": generator_core,
         }
-        if record_dir is not None:
-            info.update(check_recordings(Path(record_dir), calls))
         return {"result": result, "info": info}
     finally:
-        if proc.is_alive():
-            proc.kill()
-        if record_dir is not None and not keep:
-            shutil.rmtree(record_dir, ignore_errors=True)
+        relay.stop()
+        sel.close()
+        for s in socks:
+            s.close()
+
+
+def run(
+    calls: int, seconds: float, warmup: float, record: bool, keep: bool = False
+) -> dict[str, Any]:
+    """The project's relay alone (what ``--calls N --seconds S`` measures)."""
+    cores = choose_cores()
+    return measure(SipdialerRelay(cores[0], record, keep), calls, seconds, warmup, cores)
 
 
 def check_recordings(directory: Path, calls: int) -> dict[str, Any]:
@@ -480,16 +691,203 @@ def check_recordings(directory: Path, calls: int) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------------------
+# Pass rule, side by side, ramps
+# --------------------------------------------------------------------------------------
+
+MAX_LOSS_PCT = 0.1
+MAX_P50_MS = 10.0
+
+
+def passes(result: dict[str, Any]) -> bool:
+    """The pass rule: loss < 0.1 % and median added latency < 10 ms."""
+    return bool(result["loss_pct"] < MAX_LOSS_PCT and result["p50_ms"] < MAX_P50_MS)
+
+
+def make_relays(against: str | None, record: bool, keep: bool, core: int) -> list[RelayUnderTest]:
+    relays: list[RelayUnderTest] = []
+    if against is None:
+        return [SipdialerRelay(core, record, keep)]
+    if record:
+        relays.append(SipdialerRelay(core, True, keep))
+    relays.append(SipdialerRelay(core, False))
+    relays.append(RtpengineRelay(core))
+    return relays
+
+
+def ratios(values: dict[str, float | None]) -> dict[str, float | None]:
+    """Each sipdialer figure ÷ rtpengine's (None where either is missing or zero)."""
+    if "rtpengine" not in values:
+        return {}
+    base = values["rtpengine"]
+    out: dict[str, float | None] = {}
+    for name, value in values.items():
+        if name == "rtpengine":
+            continue
+        out[f"{name}/rtpengine"] = round(value / base, 3) if value is not None and base else None
+    return out
+
+
+def summary_line(label: str, r: dict[str, Any], info: dict[str, Any]) -> str:
+    return (
+        f"{label}: {r['calls']} calls, {info['seconds']} s: {r['pps']} packets/s, "
+        f"loss {r['loss_pct']} %, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+        f"CPU {r['cpu_pct']} %, RSS {r['rss_kb_per_call']} kB/call, "
+        f"other load on its core {info['other_load_on_service_core_pct']} %, "
+        f"generator lag {info['generator_max_lag_ms']} ms -> "
+        f"{'pass' if passes(r) else 'FAIL'}"
+    )
+
+
+def side_by_side(
+    relays: list[RelayUnderTest], calls: int, seconds: float, warmup: float, cores: tuple[int, int]
+) -> dict[str, Any]:
+    """Every relay at the same ``calls``, one after the other."""
+    out: dict[str, Any] = {}
+    estimate: dict[str, float | None] = {}
+    for relay in relays:
+        m = measure(relay, calls, seconds, warmup, cores)
+        r, info = m["result"], m["info"]
+        print(summary_line(relay.label, r, info), flush=True)
+        print(f"  details: {json.dumps(info)}", flush=True)
+        out[relay.name] = {**r, "pass": passes(r)}
+        # calls one core would carry if CPU were the only limit: an estimate, not a ramp
+        estimate[relay.name] = round(100.0 * calls / r["cpu_pct"]) if r["cpu_pct"] > 0 else None
+    return {
+        "calls": calls,
+        "seconds": seconds,
+        "relays": out,
+        "capacity_estimate_from_cpu": estimate,
+        "ratio_estimate": ratios(estimate),
+    }
+
+
+def ramp(
+    relays: list[RelayUnderTest],
+    start: int,
+    step: int,
+    top: int,
+    ramps: int,
+    seconds: float,
+    warmup: float,
+    cores: tuple[int, int],
+) -> dict[str, Any]:
+    """``ramps`` ramps; per relay the last passing N of each, and min/median/max."""
+    runs: dict[str, list[int]] = {r.name: [] for r in relays}
+    p99_at: dict[str, list[float | None]] = {r.name: [] for r in relays}
+    capped: dict[str, list[bool]] = {r.name: [] for r in relays}
+    for ramp_no in range(1, ramps + 1):
+        last = {r.name: 0 for r in relays}
+        p99: dict[str, float | None] = {r.name: None for r in relays}
+        alive = list(relays)
+        n, step_no = start, 0
+        while alive and n <= top:
+            k = step_no % len(alive)
+            for relay in alive[k:] + alive[:k]:  # rotate who goes first
+                m = measure(relay, n, seconds, warmup, cores)
+                r, info = m["result"], m["info"]
+                print(f"ramp {ramp_no}/{ramps}  " + summary_line(relay.label, r, info), flush=True)
+                if passes(r):
+                    last[relay.name], p99[relay.name] = n, r["p99_ms"]
+            alive = [r for r in alive if last[r.name] == n]
+            n += step
+            step_no += 1
+        for relay in relays:
+            runs[relay.name].append(last[relay.name])
+            p99_at[relay.name].append(p99[relay.name])
+            # still passing when the ramp stopped at --ramp-max: a lower bound only
+            capped[relay.name].append(relay in alive)
+        print(f"ramp {ramp_no}/{ramps}: last passing N {last}", flush=True)
+    capacity = {
+        name: {
+            "min": min(values),
+            "median": statistics.median_low(values),
+            "max": max(values),
+            "runs": values,
+            "p99_ms_at_capacity": p99_at[name],
+            "stopped_by_ramp_max": capped[name],
+        }
+        for name, values in runs.items()
+    }
+    return {
+        "ramp": {
+            "start": start,
+            "step": step,
+            "max": top,
+            "ramps": ramps,
+            "seconds": seconds,
+            "warmup": warmup,
+            "rule": f"loss < {MAX_LOSS_PCT} %, p50 < {MAX_P50_MS} ms",
+        },
+        "capacity": capacity,
+        "ratio_of_medians": ratios(
+            {name: float(statistics.median_low(values)) for name, values in runs.items()}
+        ),
+    }
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=20.0, help="measured window")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     ap.add_argument("--no-record", action="store_true", help="relay only, no recorder")
     ap.add_argument("--keep", action="store_true", help="keep the recordings' directory")
+    ap.add_argument(
+        "--against",
+        choices=["rtpengine"],
+        help="also measure rtpengine and the unrecorded relay, same load, same rule",
+    )
+    ap.add_argument("--ramp", action="store_true", help="walk N up until the pass rule fails")
+    ap.add_argument("--ramp-start", type=int, default=100, help="first N of a ramp")
+    ap.add_argument("--ramp-step", type=int, default=100, help="N added per ramp step")
+    ap.add_argument("--ramp-max", type=int, default=2000, help="stop a ramp above this N")
+    ap.add_argument("--ramps", type=int, default=3, help="number of ramps")
     args = ap.parse_args()
-    out = run(args.calls, args.seconds, args.warmup, not args.no_record, args.keep)
-    r, info = out["result"], out["info"]
+    cores = choose_cores()  # before this process pins itself
+    if args.against is not None:
+        RtpengineDaemon.binary()  # fail early, with the install hint, if it is missing
+    relays = make_relays(args.against, not args.no_record, args.keep, cores[0])
+    if args.ramp:
+        if args.ramp_start < 1 or args.ramp_step < 1 or args.ramps < 1:
+            ap.error("--ramp-start, --ramp-step and --ramps must be positive")
+        out = ramp(
+            relays,
+            args.ramp_start,
+            args.ramp_step,
+            args.ramp_max,
+            args.ramps,
+            args.seconds,
+            args.warmup,
+            cores,
+        )
+        for name, c in out["capacity"].items():
+            print(
+                f"capacity {name}: min {c['min']} / median {c['median']} / max {c['max']} calls "
+                f"(runs {c['runs']}, p99 at capacity {c['p99_ms_at_capacity']} ms)"
+                + (
+                    " — still passing at --ramp-max: a lower bound"
+                    if any(c["stopped_by_ramp_max"])
+                    else ""
+                )
+            )
+        for name, ratio in out["ratio_of_medians"].items():
+            print(f"ratio {name}: {ratio}")
+        print(json.dumps(out))
+        return
+    if args.against is not None:
+        out = side_by_side(relays, args.calls, args.seconds, args.warmup, cores)
+        for name, est in out["capacity_estimate_from_cpu"].items():
+            print(f"capacity estimate from CPU per call, {name}: {est} calls per core")
+        for name, ratio in out["ratio_estimate"].items():
+            print(f"ratio {name}: {ratio} (estimate; --ramp measures capacity)")
+        print(json.dumps(out))
+        return
+    m = measure(relays[0], args.calls, args.seconds, args.warmup, cores)
+    r, info = m["result"], m["info"]
     print(
         f"{r['calls']} calls{' (no recording)' if args.no_record else ' recorded'}, "
         f"{info['seconds']} s measured: {r['pps']} packets/s relayed, "
