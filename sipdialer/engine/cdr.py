@@ -97,6 +97,7 @@ class CallRecord:
     recording_ref: str | None = None
     agent_route: str = "trunk"  # "trunk" or "extension"
     sip_call_ids: dict[str, str] = field(default_factory=dict)  # leg -> SIP Call-ID
+    callee_redirects: list[str] = field(default_factory=list)  # 3xx Contacts followed
 
 
 def iso_utc(ts: float | None) -> str | None:
@@ -183,6 +184,7 @@ class Cdr:
             "billsec": call_time,
             "recording_download_url": self.recording_url,
             "agent_route": r.agent_route,
+            "callee_redirected_to": list(r.callee_redirects),
             "end_detail": o.detail or None,
             "sip_call_ids": dict(r.sip_call_ids),
         }

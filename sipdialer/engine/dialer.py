@@ -466,6 +466,9 @@ class CallRunner:
         callee = self.callee
         if self.record.callee_status is None and callee is not None:
             self.record.callee_status = callee.final_status
+        if callee is not None and callee.redirects != self.record.callee_redirects:
+            self.record.callee_redirects = list(callee.redirects)
+            self._final_view = None
         if (self.record.agent_status, self.record.callee_status) != before:
             self._final_view = None
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+import soundfile
 
 from sipdialer.config import parse_config
 from sipdialer.engine.cdr import MemorySink
@@ -482,3 +483,71 @@ async def test_unreachable_trunk_is_congestion(make_lab, caplog: pytest.LogCaptu
     assert elapsed <= 5.0, f"took {elapsed:.1f} s"
     assert lab.sink.cdrs == [runner.cdr]
     assert "event=leg_unreachable" in caplog.text
+
+
+# ---- 4. redirects and reliable provisional responses (issue 12) -------------------------
+def tone_2000(tmp_path: Path) -> None:
+    """The 2000 Hz µ-law WAV SIPp streams (``rtp_stream`` in its working directory)."""
+    require_binary("sox")
+    wav = sipp_workdir(tmp_path) / "tone2000.wav"
+    sox = ["sox", "-n", "-r", "8000", "-c", "1", "-e", "u-law", str(wav)]
+    subprocess.run([*sox, "synth", "8", "sine", "2000", "vol", "0.5"], check=True)
+
+
+def callee_channel_hz(lab: Lab, payload: dict[str, object]) -> tuple[float, float]:
+    """(seconds, dominant frequency of the callee channel's middle) of the call's WAV."""
+    wav = Path(lab.service.config.recording.directory) / f"{payload['recording_url']}.wav"
+    data, rate = soundfile.read(wav, dtype="int16")
+    assert rate == 8000 and data.shape[1] == 2
+    middle = data[len(data) // 4 : 3 * len(data) // 4, 1].astype(float)
+    return len(data) / rate, peak_hz(middle)
+
+
+@pytest.mark.peers
+async def test_a_302_is_followed_and_noted_in_the_cdr(
+    sipp_trunk, make_lab, rtp_socket, tmp_path: Path
+) -> None:
+    agent_media = await rtp_socket()
+    tone_2000(tmp_path)
+    trunk = sipp_trunk("redirect_302.xml", agent_rtp=agent_media.port)
+    lab = await make_lab(trunk.port)
+    runner = await lab.call()
+    p = (await ended(runner)).cdr_payload()
+    assert (p["disposition"], p["end_code"], p["end_reason"]) == ("ANSWERED", 16, "callee_hungup")
+    moved = f"sip:0820005555@127.0.0.1:{trunk.port}"
+    assert p["callee_redirected_to"] == [moved]
+    lines = trunk.received_lines()
+    assert f"INVITE {moved} SIP/2.0" in lines, lines
+    seconds, hz = callee_channel_hz(lab, p)
+    assert abs(seconds - float(p["call_time"])) <= 1.0  # type: ignore[arg-type]
+    assert abs(hz - 2000) < 20
+    await sipp_done(trunk)
+
+
+@pytest.mark.peers
+async def test_a_reliable_183_is_pracked_and_its_early_media_relayed(
+    sipp_trunk, make_lab, rtp_socket, tmp_path: Path
+) -> None:
+    agent_media = await rtp_socket()
+    tone_2000(tmp_path)
+    trunk = sipp_trunk("reliable_183.xml", agent_rtp=agent_media.port)
+    lab = await make_lab(trunk.port)
+    runner = await lab.call()
+    seen: dict[str, float] = {}
+    watcher = asyncio.ensure_future(watch(runner, seen))
+    p = (await ended(runner)).cdr_payload()
+    await watcher
+    assert (p["disposition"], p["end_code"], p["end_reason"]) == ("ANSWERED", 16, "callee_hungup")
+    invites = [m for m in trunk.received() if m.startswith("INVITE sip:0820001234@")]
+    assert invites and header(invites[0], "Supported") == "100rel"
+    pracks = [m for m in trunk.received() if m.startswith("PRACK ")]
+    assert len(pracks) == 1, trunk.received_lines()
+    invite_seq = header(invites[-1], "CSeq").split()[0]
+    assert header(pracks[0], "RAck") == f"1 {invite_seq} INVITE"
+    # the 183's SDP was early media: the callee's tone reached the agent before the 200
+    early = agent_media.between(seen["callee_media"] + 0.2, seen["bridged"])
+    assert len(early) >= 20, len(early)
+    assert abs(peak_hz(audio_of(early)) - 2000) < 20
+    _, hz = callee_channel_hz(lab, p)
+    assert abs(hz - 2000) < 20
+    await sipp_done(trunk)
