@@ -38,6 +38,7 @@ from sipdialer.engine.directory import CallView, LegRtp, TimelineEntry
 from sipdialer.engine.errors import EngineError
 from sipdialer.engine.leg import Leg, LegState, LegTarget
 from sipdialer.engine.request import CallRequest
+from sipdialer.logs import quote_value
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import Recorder, new_recording_ref
 from sipdialer.rtp.relay import Bridge, Codec, MediaLeg
@@ -94,6 +95,11 @@ def codec_from_answer(sdp: AudioOffer) -> Codec | None:
         if name in SUPPORTED_CODECS:
             return Codec(name=name, pt=pt, dtmf_pt=sdp.dtmf_pt)
     return None
+
+
+#: Reason of the BYE to a leg whose 2xx we cannot use, and of its FAILED CDR (RFC 3398:
+#: 488 Not Acceptable Here ~ Q.850 88 incompatible destination).
+UNUSABLE_ANSWER_REASON = "Q.850;cause=88"
 
 
 class CallRunner:
@@ -382,6 +388,21 @@ class CallRunner:
             return None
         return self.bridge.a if self._is_agent(leg) else self.bridge.b
 
+    def _unusable_answer(self, leg: Leg, sdp: AudioOffer | None) -> str | None:
+        """Why the SDP of a 2xx cannot carry the call's audio, or None when it can. A 2xx
+        without SDP is fine when an earlier 18x already gave the media (early media)."""
+        if sdp is None:
+            media = self._media_of(leg)
+            if media is not None and media.remote is not None:
+                return None
+            return "no SDP in the answer nor in an earlier provisional response"
+        if sdp.port == 0:
+            return "the answer rejected the audio stream (port 0)"
+        if codec_from_answer(sdp) is None:
+            offered = ",".join(str(pt) for pt in sdp.payload_types) or "none"
+            return f"no codec we offered in the answer (payload types {offered})"
+        return None
+
     def _point_media(self, leg: Leg, sdp: AudioOffer | None) -> None:
         media = self._media_of(leg)
         if media is None or sdp is None or sdp.port == 0:
@@ -405,6 +426,18 @@ class CallRunner:
             self._event(Ev.CALLEE_RINGING)
 
     def leg_answered(self, leg: Leg, sdp: AudioOffer | None) -> None:
+        problem = self._unusable_answer(leg, sdp)
+        if problem is not None:
+            # an answer we cannot bridge is no answered call: BYE it, end as 488/88
+            log.info(
+                "event=answer_unusable call=%s leg=%s why=%s",
+                self._tag,
+                leg.name,
+                quote_value(problem),
+            )
+            leg.hangup(UNUSABLE_ANSWER_REASON)
+            self.leg_failed(leg, 488, (UNUSABLE_ANSWER_REASON,), False)
+            return
         if self._is_agent(leg):
             if self.agent is not None and leg is not self.agent:
                 leg.hangup("Q.850;cause=26")  # another fork answered first: BYE this one

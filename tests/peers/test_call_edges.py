@@ -551,3 +551,34 @@ async def test_a_reliable_183_is_pracked_and_its_early_media_relayed(
     _, hz = callee_channel_hz(lab, p)
     assert abs(hz - 2000) < 20
     await sipp_done(trunk)
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize(
+    ("scenario", "keys"),
+    [
+        ("answer_unusable.xml", {"pt": 9, "codec": "G722/8000"}),
+        ("answer_unusable.xml", {"pt": 98, "codec": "opus/48000/2"}),
+        ("answer_without_sdp.xml", {}),
+    ],
+    ids=["g722-only", "unknown-dynamic-pt", "no-sdp"],
+)
+async def test_an_answer_we_cannot_use_is_byed_and_failed_88(
+    sipp_trunk, make_lab, rtp_socket, scenario: str, keys: dict[str, object], caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="sipdialer.call")
+    agent_media = await rtp_socket()
+    trunk = sipp_trunk(scenario, agent_rtp=agent_media.port, **keys)
+    lab = await make_lab(trunk.port)
+    runner = await lab.call()
+    p = (await ended(runner)).cdr_payload()
+    assert (p["disposition"], p["end_code"], p["cause_name"]) == (
+        "FAILED",
+        88,
+        "INCOMPATIBLE_DESTINATION",
+    ), p
+    assert p["call_time"] == 0 and p["bridged_at"] is None
+    assert "event=answer_unusable" in caplog.text
+    byes = [m for m in trunk.received() if m.startswith("BYE sip:")]
+    assert any("cause=88" in header(m, "Reason") for m in byes), trunk.received_lines()
+    await sipp_done(trunk)  # the agent got its BYE too (the scenario's agent branch ends)
