@@ -142,6 +142,10 @@ class Service:
         journal this run's calls there. Before the API listens: no new call meanwhile."""
         assert self.dialer is not None
         journal = CallJournal(directory)
+        route = self.trunk_route
+        if journal.ids() and route is not None and route.proto == "TLS":
+            # BYEs open new TLS connections: the trunk's name to verify its certificate
+            await route.begin_round()
         trunk = self.config.trunk
         self.recovery = CallRecovery(
             journal,

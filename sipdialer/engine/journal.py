@@ -515,6 +515,17 @@ class CallJournal:
         calls.sort(key=lambda c: (c.record.created_at, c.id))
         return calls
 
+    def set_aside(self, call_id: str, reason: str) -> None:
+        """Move the call's file to ``corrupt/`` (with a log line): a file recovery could
+        not deal with must not stop every later start."""
+        try:
+            path = self._path(call_id)
+        except ValueError:
+            return
+        self._written.pop(call_id, None)
+        if path.exists():
+            self._move_aside(path, reason)
+
     def ids(self) -> list[str]:
         """The calls with a file (cheap: no reading)."""
         return sorted(n[: -len(_SUFFIX)] for n in self._names())

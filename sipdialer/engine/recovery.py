@@ -316,9 +316,14 @@ class CallRecovery:
             len(calls),
             quote_value(self.journal.directory),
         )
+        cdrs: list[Cdr] = []
         for call in calls:
-            self._end_legs(call)
-        cdrs = [self._report(call) for call in calls]
+            try:
+                self._end_legs(call)
+                cdrs.append(self._report(call))
+            except Exception as exc:  # a bug must not stop every later start
+                log.exception("event=recovery_failed call=%s", call.id[:12])
+                self.journal.set_aside(call.id, f"recovery failed: {type(exc).__name__}: {exc}")
         pending = [bye.done for bye in self.byes if not bye.done.done()]
         if pending and wait > 0:
             await asyncio.wait(pending, timeout=wait)

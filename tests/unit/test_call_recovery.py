@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sipdialer.engine import recovery as recovery_module
 from sipdialer.engine.causes import Ending, classify
 from sipdialer.engine.cdr import CallRecord, Cdr, MemorySink
 from sipdialer.engine.journal import CallJournal, JournaledCall, JournaledDialog, leg_entry
@@ -437,3 +440,29 @@ def test_the_end_is_never_before_a_journaled_time() -> None:
     call = JournaledCall(record=record(bridged_at=T0 + 5), state="bridged")
     cdr = recovered_cdr(call, last_alive=T0 + 1, has_recording=False)  # a clock step back
     assert cdr.record.ended_at == T0 + 5 and cdr.call_time == 0
+
+
+async def test_a_call_recovery_cannot_handle_is_set_aside_and_the_others_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken_id = "6b" * 16
+    journal = CallJournal(tmp_path)
+    good = call_in_state("bridged")
+    journal.record(good)
+    journal.record(dataclasses.replace(good, record=record(id=broken_id, created_at=T0 - 1)))
+    real = recovery_module.recovered_cdr
+
+    def fails_for_one(call: JournaledCall, **kw: Any) -> Cdr:
+        if call.id == broken_id:
+            raise RuntimeError("a bug")
+        return real(call, **kw)
+
+    monkeypatch.setattr(recovery_module, "recovered_cdr", fails_for_one)
+    ua, _ = sans_io_user_agent()
+    sink = MemorySink()
+    with caplog.at_level(logging.ERROR):
+        cdrs = await CallRecovery(journal, ua, sink).run(wait=0)
+    assert [c.call_id for c in cdrs] == [c.call_id for c in sink.cdrs] == [CALL_ID]
+    assert journal.ids() == []
+    assert (tmp_path / "corrupt" / f"{broken_id}.call").exists()
+    assert "event=recovery_failed" in caplog.text and "event=journal_corrupt" in caplog.text
