@@ -1,6 +1,9 @@
 """The running service: builds the SIP endpoint, transports, user agent, trunk
 registration, call engine, HTTP API and recording retention from a :class:`Config`,
 starts them, and stops them cleanly (HTTP first, then calls, then un-REGISTER).
+
+At start-up, before the HTTP API listens, it ends the calls a crashed run left in the
+journal of live calls (:mod:`sipdialer.engine.recovery`), then journals its own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from sipdialer.api.counters import CallCounters, RtpTotals
 from sipdialer.config import Config
 from sipdialer.engine.cdr import CdrSink, MemorySink
 from sipdialer.engine.dialer import Dialer
+from sipdialer.engine.journal import CallJournal, journal_dir_for
+from sipdialer.engine.recovery import CallRecovery
+from sipdialer.notify.notifier import Notifier
 from sipdialer.rtp.retention import RetentionSweeper
 from sipdialer.rtp.ringback import load_ringback
 from sipdialer.sip.endpoint import SipEndpoint
@@ -38,14 +44,28 @@ class Service:
     ``sink`` takes every CDR (the notifier in production; a ``status()`` method on it
     feeds ``/healthz`` and ``/metrics``). ``serve_http=False`` leaves the HTTP API out
     (tests that drive the engine from Python).
+
+    ``journal_dir`` is where live calls are journaled so that the next start can end
+    them after a crash; by default, with a :class:`Notifier` as the sink, next to its
+    outbox (:func:`journal_dir_for`), and none with any other sink (a CDR recovered into
+    memory would die with the process anyway).
     """
 
     def __init__(
-        self, config: Config, sink: CdrSink | None = None, *, serve_http: bool = True
+        self,
+        config: Config,
+        sink: CdrSink | None = None,
+        *,
+        serve_http: bool = True,
+        journal_dir: Path | str | None = None,
     ) -> None:
         self.config = config
         self.sink: CdrSink = sink if sink is not None else MemorySink()
         self.serve_http = serve_http
+        if journal_dir is None and isinstance(self.sink, Notifier):
+            journal_dir = journal_dir_for(self.sink.outbox.directory)
+        self.journal_dir = Path(journal_dir) if journal_dir is not None else None
+        self.recovery: CallRecovery | None = None
         self.counters = CallCounters(self.sink)
         self.rtp_totals = RtpTotals()
         self.http: ApiServer | None = None
@@ -102,6 +122,8 @@ class Service:
             ringback=load_ringback(),
         )
         self.dialer.trunk_route = self.trunk_route
+        if self.journal_dir is not None:
+            await self._recover_calls(self.journal_dir)
         if self.config.extensions:
             await self._start_registrar()
         rec = self.config.recording
@@ -114,6 +136,26 @@ class Service:
             except BaseException:
                 await self.stop()
                 raise
+
+    async def _recover_calls(self, directory: Path) -> None:
+        """End the calls a crashed run left in the journal (BYE/CANCEL, WAV, CDR), then
+        journal this run's calls there. Before the API listens: no new call meanwhile."""
+        assert self.dialer is not None
+        journal = CallJournal(directory)
+        route = self.trunk_route
+        if journal.ids() and route is not None and route.proto == "TLS":
+            # BYEs open new TLS connections: the trunk's name to verify its certificate
+            await route.begin_round()
+        trunk = self.config.trunk
+        self.recovery = CallRecovery(
+            journal,
+            self.ua,
+            self.counters,
+            passwords={trunk.username: trunk.password} if trunk.username else {},
+            timers=self.endpoint.timers,
+        )
+        await self.recovery.run()
+        self.dialer.journal = journal
 
     @staticmethod
     async def _keep_route_resolved(route: TrunkRoute) -> None:
@@ -190,6 +232,9 @@ class Service:
             self.retention = None
         if self.dialer is not None:
             await self.dialer.close()
+        if self.recovery is not None:
+            await self.recovery.close()
+            self.recovery = None
         if self.registrar is not None:
             await self.registrar.stop()
             self.registrar = None

@@ -84,6 +84,10 @@ max_duration            16     ANSWERED if bridged,         max_duration     sys
                                else NO ANSWER
 shutdown (the service   41     ANSWERED if bridged,         shutdown         system
 stopped mid-call)              else FAILED
+crashed (the service    41     ANSWERED if bridged,         crashed          system
+died mid-call; the             else FAILED
+next start reports it
+from its call journal)
 unreachable (trunk      38     CONGESTION                   congestion       system
 down, INVITE timed out,
 not registered with the
@@ -143,6 +147,7 @@ EndingKind = Literal[
     "unreachable",
     "not_registered",
     "shutdown",
+    "crashed",
     "error",
 ]
 
@@ -167,6 +172,7 @@ END_REASONS: tuple[str, ...] = (
     "max_duration",
     "not_registered",
     "shutdown",
+    "crashed",
 )
 
 # ITU-T Q.850 cause values with FreeSWITCH's names (switch_types.h, SWITCH_CAUSE_*).
@@ -459,6 +465,8 @@ ENDINGS: dict[tuple[EndingKind, Leg | None], EndingRow] = {
     ("max_duration", None): EndingRow(16, ANSWERED, NO_ANSWER, "max_duration", "system"),
     # the service stopped (SIGTERM) while the call was up
     ("shutdown", None): EndingRow(41, ANSWERED, FAILED, "shutdown", "system"),
+    # the service died (kill -9, power cut) while the call was up: the next start ends it
+    ("crashed", None): EndingRow(41, ANSWERED, FAILED, "crashed", "system"),
     ("unreachable", None): EndingRow(38, CONGESTION, CONGESTION, "congestion", "system"),
     ("not_registered", None): EndingRow(20, FAILED, FAILED, "not_registered", "system"),
     ("error", None): EndingRow(127, FAILED, FAILED, "error", "system"),

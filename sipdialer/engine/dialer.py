@@ -36,6 +36,7 @@ from sipdialer.engine.causes import Outcome, classify
 from sipdialer.engine.cdr import CallRecord, Cdr, CdrSink, build_cdr
 from sipdialer.engine.directory import CallView, LegRtp, TimelineEntry
 from sipdialer.engine.errors import EngineError
+from sipdialer.engine.journal import CallJournal, JournaledCall, leg_entry
 from sipdialer.engine.leg import Leg, LegState, LegTarget
 from sipdialer.engine.request import CallRequest
 from sipdialer.logs import quote_value
@@ -184,6 +185,8 @@ class CallRunner:
             self._note_state()
         for act in acts:
             self._do(act)
+        if self.call.state is not before:
+            self._journal()  # after the actions: the INVITE they sent, the recording
         self._arm_timer()
 
     def _note_state(self) -> None:
@@ -296,6 +299,9 @@ class CallRunner:
             self.dialer.sink.submit(self.cdr)
         except Exception:  # the sink must never take the engine down
             log.exception("event=cdr_sink_failed call=%s", self._tag)
+        else:
+            if self.dialer.journal is not None:
+                self.dialer.journal.forget(self.id)
         self.done.set()
         self.dialer._ended(self)
 
@@ -320,7 +326,28 @@ class CallRunner:
             self._note_state()
         for act in acts:
             self._do(act)
+        if self.call.state is not before:
+            self._journal()
         self._arm_timer()
+
+    def _journal(self) -> None:
+        """Put the call as it stands in the journal of live calls (a no-op when nothing
+        changed): what a restarted service needs to end it should this process die."""
+        journal = self.dialer.journal
+        if journal is None or self.cdr is not None:  # once the CDR is out, it is forgotten
+            return
+        legs = [leg for leg in (*self.agent_forks, self.callee) if leg is not None]
+        recording = self.recorder.path.absolute() if self.recorder is not None else None
+        journal.record(
+            JournaledCall(
+                record=self.record,
+                state=self.call.state.value,
+                legs=tuple(leg_entry(leg) for leg in legs),
+                recording_path=str(recording) if recording is not None else None,
+                public_url=self.dialer.public_url,
+                outcome=self.outcome,
+            )
+        )
 
     # ---- legs ------------------------------------------------------------------------------
     def _invite_agent(self) -> None:
@@ -416,6 +443,7 @@ class CallRunner:
     def leg_progress(self, leg: Leg, status: int, sdp: AudioOffer | None) -> None:
         if self._is_agent(leg):
             self._event(Ev.AGENT_RINGING)
+            self._journal()  # the INVITE to CANCEL may be a new one (after a challenge)
             return
         if self.record.callee_ringing_at is None:
             self.record.callee_ringing_at = time.time()
@@ -424,6 +452,7 @@ class CallRunner:
             self._event(Ev.CALLEE_EARLY_MEDIA)
         else:
             self._event(Ev.CALLEE_RINGING)
+        self._journal()
 
     def leg_answered(self, leg: Leg, sdp: AudioOffer | None) -> None:
         problem = self._unusable_answer(leg, sdp)
@@ -482,6 +511,7 @@ class CallRunner:
 
     def leg_media_changed(self, leg: Leg, sdp: AudioOffer) -> None:
         self._point_media(leg, sdp)
+        self._journal()  # a re-INVITE may have moved the remote target
 
     def leg_terminated(self, leg: Leg) -> None:
         self._collect_statuses()
@@ -603,6 +633,8 @@ class Dialer:
         self.public_url = config.http.public_url or "http://{}:{}".format(*config.http.listen)
         self.active: dict[str, CallRunner] = {}
         self.recent: dict[str, CallRunner] = {}
+        #: The journal of live calls (set by the service when it keeps one).
+        self.journal: CallJournal | None = None
         self._background: set[asyncio.Task[None]] = set()
         #: What the API sees of the calls.
         self.directory = DialerDirectory(self)
