@@ -23,6 +23,7 @@ PAYLOAD_KEYS = {
     "agent_dialed_at", "agent_answered_at", "callee_dialed_at", "callee_ringing_at",
     "callee_answered_at", "bridged_at", "ended_at", "duration", "billsec",
     "recording_download_url", "agent_route", "end_detail", "sip_call_ids", "end_leg",
+    "recording_partial",
 }  # fmt: skip
 
 ISO_FIELDS = [
@@ -176,6 +177,7 @@ def test_busy_call_every_field() -> None:
         "duration": 2,  # 2.2 s from first dial
         "billsec": 0,
         "recording_download_url": None,
+        "recording_partial": False,
         "agent_route": "trunk",
         "end_detail": None,
         "sip_call_ids": {},
