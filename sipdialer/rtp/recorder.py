@@ -127,9 +127,11 @@ MAX_PAYLOAD = 1600
 PENDING_BYTES = 32000
 #: Packets a channel may hold between two flushes (5 s at 10 ms per packet).
 PENDING_PACKETS = 512
-#: The most audio bytes one recorder holds in memory (:attr:`Recorder.buffered_bytes`):
-#: each channel's pending payloads plus its placed samples not yet written.
-BUFFER_CAP = CHANNELS * (PENDING_BYTES + (PENDING_BYTES + TOLERANCE + AHEAD) * SAMPLE_BYTES)
+#: The most audio bytes one recorder holds between flushes (:attr:`Recorder.buffered_bytes`):
+#: per channel its pending payloads, plus the placed samples a flush leaves unwritten — at
+#: most ``TOLERANCE + AHEAD`` of them, as no channel ends more than ``AHEAD`` past its
+#: latest arrival and each flush writes up to ``now − TOLERANCE`` (65,920 bytes).
+BUFFER_CAP = CHANNELS * (PENDING_BYTES + (TOLERANCE + AHEAD) * SAMPLE_BYTES)
 #: How often the owner should call :meth:`Recorder.flush` (seconds).
 FLUSH_INTERVAL = 1.0
 HEADER_SIZE = 44
@@ -461,7 +463,10 @@ class Recorder:
             return 0
         if (self.frames + n) * BLOCK_ALIGN > _MAX_DATA:  # WAV's 4 GiB limit (~37 h)
             n = _MAX_DATA // BLOCK_ALIGN - self.frames
-            if n <= 0:
+            if n <= 0:  # the file is full: what comes is dropped, not held
+                for ch in (self.a, self.b):
+                    ch.tail = _EMPTY
+                    ch.cursor = self.frames
                 return 0
         end = self.frames + n
         out = np.empty((n, CHANNELS), dtype=np.int16)

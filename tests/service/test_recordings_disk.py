@@ -107,7 +107,8 @@ def header_matches_file(path: Path) -> int:
     """Assert the WAV header's RIFF and data sizes say exactly what the file holds; frames."""
     raw = path.read_bytes()
     assert len(raw) > 44, f"{path.name}: {len(raw)} bytes"
-    riff, data = struct.unpack_from("<I", raw, 4)[0], struct.unpack_from("<I", raw, 40)[0]
+    riff: int = struct.unpack_from("<I", raw, 4)[0]
+    data: int = struct.unpack_from("<I", raw, 40)[0]
     assert (riff, data) == (len(raw) - 8, len(raw) - 44), "header disagrees with the file"
     assert data % 4 == 0
     assert soundfile.info(path).frames == data // 4
