@@ -168,7 +168,7 @@ async def test_oversize_blast_keeps_the_wav_to_the_call_length(tmp_path: Path) -
     # the memory held stays under the hard cap (a few seconds of audio), whatever was sent
     assert peak <= BUFFER_CAP and peak <= 100_000, peak
     # every blast packet was counted and dropped (loopback may lose a few 65 kB datagrams)
-    assert 0.9 * blast <= rec.oversize_packets <= blast
+    assert 0.8 * blast <= rec.oversize_packets <= blast
     left, right = data[:, 0], data[:, 1]
     assert rms(left[int(0.5 * 8000) : int(4.0 * 8000)]) > 3000  # the agent throughout
     assert abs(peak_hz(left[int(0.5 * 8000) : int(4.0 * 8000)]) - 440) < 3
