@@ -3,12 +3,15 @@
 The reference must look like one (:data:`sipdialer.rtp.recorder.RECORDING_REF`), otherwise
 the answer is 404 before the file system is touched; the file is
 ``<[recording] directory>/<ref>.wav``, resolved and checked to lie directly in the
-directory, opened without following a final symlink, and must be a regular file — any
-failure is 404 too. What to send (200, 206, 304, 412, 416) is decided by
-:func:`sipdialer.api.ranges.plan_download` from one ``fstat`` of the open file, and the
-bytes are then streamed from that same descriptor in chunks (a recording may be an hour of
-audio, ~115 MB; it is never read whole). A recording of a call still running grows; its
-ETag changes with every write, so ``If-Range`` protects resumed downloads.
+directory, opened without following a final symlink and with ``O_NONBLOCK`` (so a FIFO or
+a device node planted under a recording's name is opened at once instead of waiting for
+a writer or a device), and must be a regular file — any failure is 404 too, answered
+without delay (``O_NONBLOCK`` changes nothing for reads of a regular file). What to send
+(200, 206, 304, 412, 416) is decided by :func:`sipdialer.api.ranges.plan_download` from
+one ``fstat`` of the open file, and the bytes are then streamed from that same
+descriptor in chunks (a recording may be an hour of audio, ~115 MB; it is never read
+whole). A recording of a call still running grows; its ETag changes with every write, so
+``If-Range`` protects resumed downloads.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def open_recording(directory: Path, ref: str) -> tuple[int, os.stat_result] | No
     if path.parent != directory:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags)
     except OSError:
         return None
     try:

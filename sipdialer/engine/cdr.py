@@ -46,6 +46,10 @@ ended_at               str|null  〃 call ended
 duration               int      seconds from dialed_at's instant to the end, rounded half up
 billsec                int      = call_time
 recording_download_url str|null ``{public_url}/click2dial/recordings/{ref}``
+recording_partial      bool     true when a disk fault (full, I/O error) cost the recording
+                                audio: the file holds the call up to the failure, or — with
+                                recording_url null — nothing could be written at all; false
+                                otherwise (also when recording is disabled)
 agent_route            str      ``trunk`` or ``extension``
 end_detail             str|null free text from the engine for support, null when empty
 sip_call_ids           object   leg → SIP Call-ID
@@ -95,6 +99,7 @@ class CallRecord:
     bridged_at: float | None = None
     ended_at: float | None = None
     recording_ref: str | None = None
+    recording_partial: bool = False  # a write failure cost the recording audio
     agent_route: str = "trunk"  # "trunk" or "extension"
     sip_call_ids: dict[str, str] = field(default_factory=dict)  # leg -> SIP Call-ID
     callee_redirects: list[str] = field(default_factory=list)  # 3xx Contacts followed
@@ -183,6 +188,7 @@ class Cdr:
             "duration": self.duration,
             "billsec": call_time,
             "recording_download_url": self.recording_url,
+            "recording_partial": r.recording_partial,
             "agent_route": r.agent_route,
             "callee_redirected_to": list(r.callee_redirects),
             "end_detail": o.detail or None,

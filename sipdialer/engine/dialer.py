@@ -241,11 +241,35 @@ class CallRunner:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.recorder = Recorder(path, now=self._now())
-        except OSError as exc:
+        except OSError as exc:  # the recorder left no file behind
             log.error("event=recording_failed call=%s error=%s", self._tag, exc)
+            self.record.recording_partial = True  # (with no recording_url: none at all)
             return
         self.record.recording_ref = ref
         bridge.start_recording(self.recorder)
+
+    def _note_recording(self) -> None:
+        """Once the bridge has closed the recorder: flag a recording a disk fault cut
+        short, forget one removed for holding no audio, log what was dropped."""
+        rec = self.recorder
+        if rec is None:
+            return
+        if rec.partial:
+            self.record.recording_partial = True
+        if rec.removed:
+            self.record.recording_ref = None
+        if rec.partial or rec.oversize_packets or rec.overflow_packets:
+            log.warning(
+                "event=recording_incomplete call=%s partial=%s seconds=%.2f "
+                "oversize_packets=%d overflow_packets=%d excess_ms=%d error=%s",
+                self._tag,
+                str(rec.partial).lower(),
+                rec.duration,
+                rec.oversize_packets,
+                rec.overflow_packets,
+                rec.excess_samples // 8,
+                repr(str(rec.error)) if rec.error is not None else "-",
+            )
 
     def _reason_header(self) -> str:
         ending = self.call.ending
@@ -273,6 +297,7 @@ class CallRunner:
     async def _complete(self) -> None:
         if self.bridge is not None:
             await self.bridge.close()
+        self._note_recording()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.SETTLE
         while loop.time() < deadline and any(

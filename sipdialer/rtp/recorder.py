@@ -1,36 +1,71 @@
-"""The call recorder: G.711 payloads of both legs → one stereo WAV, time-aligned, crash-safe.
+"""The call recorder: G.711 payloads of both legs → one stereo WAV on a wall-clock timeline.
 
-Owns the recording file. Format: RIFF/WAVE, PCM 16-bit, 8 kHz, two channels, **A (agent)
-left, B (callee) right**, a plain 44-byte header followed by the ``data`` chunk.
+Owns the recording file, the rules that place audio in time, and the write health of each
+recordings directory (:class:`RecordingsDisk`). Format: RIFF/WAVE, PCM 16-bit, 8 kHz, two
+channels, **A (agent) left, B (callee) right**, a plain 44-byte header followed by the
+``data`` chunk.
 
-*Cheap feeding.* :meth:`Recorder.feed_a` / :meth:`Recorder.feed_b` (and the relay, which
-appends to the lists of :attr:`Recorder.a` / :attr:`Recorder.b` directly) only append
-payload, codec name and arrival time to three parallel lists (no tuple per packet: none
-of these objects is tracked by the garbage collector, so buffering ~50 packets per second
-per side costs no GC passes). Decoding (one numpy table lookup over the
-joined payloads) and writing happen in :meth:`Recorder.flush`, which the *owner* calls
-about every :data:`FLUSH_INTERVAL` seconds — the :class:`~sipdialer.rtp.relay.Bridge` arms
-a loop timer for it, so this class needs no event loop and tests drive it with explicit
-times. A crash loses at most the last interval (plus the alignment hold-back).
+*Cheap, bounded feeding.* The relay appends each recorded packet's payload, codec name and
+arrival time to a channel's three queues (:attr:`Channel.payloads`, :attr:`Channel.codecs`,
+:attr:`Channel.arrivals`; :meth:`Recorder.feed_a` / :meth:`Recorder.feed_b` do the same).
+Codec names and arrivals go into C ``deque`` objects bounded at :data:`PENDING_PACKETS`
+(more packets than that between two flushes push the oldest out of all three at once, so
+they stay in step). The payload queue is a :class:`PendingPayloads`, whose ``append`` keeps
+a payload only if it is at most :data:`MAX_PAYLOAD` bytes (200 ms of G.711; a longer one is
+*oversize*) and fits in the channel's :data:`PENDING_BYTES` until the next flush (else
+*overflow*); a refused payload is counted and queued as ``b""`` so the queues stay in
+step. That check is the one Python-level call per recorded packet (about 0.2 µs, some 2 %
+of the relay's cost per packet); it makes the recorder's memory a hard cap whatever a peer
+sends: at most :data:`BUFFER_CAP` bytes of audio per call (:attr:`Recorder.buffered_bytes`).
+Decoding (one numpy table lookup over the joined payloads), placing and writing happen in
+:meth:`Recorder.flush`, which the *owner* calls about every :data:`FLUSH_INTERVAL`
+seconds — the :class:`~sipdialer.rtp.relay.Bridge` arms a loop timer for it, so this class
+needs no event loop and tests drive it with explicit times. A crash loses at most the last
+interval (plus the hold-back). Telephone-event packets never reach the recorder.
 
-*Time alignment.* Each channel is placed by arrival time relative to the recording start
-(``now`` at construction), a packet's audio ending at its arrival. A packet continues its
-channel contiguously while its position is within :data:`TOLERANCE` samples (40 ms) of
-the channel's end — so network jitter and single lost packets never cause clicks — and a
-longer silence (a real gap, a hold, a late start) is filled with zeros up to the packet's
-position. The alignment error between the channels is thus bounded by the tolerance.
-Each flush writes both channels up to ``now − TOLERANCE`` (no later packet can land
-before that), padding a channel that has received nothing with silence, so both channels
-always have the same length and the file's length follows the wall clock (gaps and loss
-become silence, never a shorter file). Telephone-event packets never reach the recorder.
+*The timeline.* Each channel is placed by arrival time relative to the recording start
+(``now`` at construction): a packet's audio ends at its arrival (it was sent once
+complete). Let the channel's *end* be the sample just past its last placed sample. For
+each packet, in arrival order:
 
-*Header.* Hand-written instead of through soundfile/libsndfile: the header is three fixed
-fields of a 44-byte layout, and doing it ourselves keeps one plain file descriptor per
-call (no SNDFILE handle, no cffi call per flush, no library-side buffering): each flush is
-one ``write`` of the new frames and two 4-byte ``pwrite`` patches of the RIFF and ``data``
-sizes, so the header is valid after every flush and a killed process leaves a playable
-file. If the process dies between the frame write and the patch, :func:`repair_wav` sets
-the sizes from the file's length (cut to whole frames) and returns the frame count.
+1. **Gap.** If the packet starts more than :data:`TOLERANCE` samples (40 ms) after the
+   channel's end — or after it at all while the channel is *idle* (nothing placed yet, or
+   padded with silence by a write for longer than the tolerance) — silence fills the gap
+   and the packet starts at its own position. Smaller lateness (jitter, one lost packet)
+   is absorbed: the packet continues the channel contiguously, so there are no clicks.
+2. **Ahead.** A channel never ends more than :data:`AHEAD` samples (20 ms) after its latest
+   packet's arrival: when the whole packet would take it further (a sender whose clock
+   runs fast, a burst of packets released at once after a stall, payloads longer than the
+   time between them), only the packet's last ``arrival − end`` samples are kept, each
+   still at its own time, and the rest is dropped (counted in
+   :attr:`Recorder.excess_samples`).
+3. Otherwise the packet continues the channel contiguously.
+
+So each channel's end stays within 40 ms behind and 20 ms ahead of the wall clock
+whatever the arrival pattern, a channel never holds more samples than elapsed time allows
+(plus the 20 ms), and the file's length is the recording's elapsed time: gaps and loss
+become silence, excess is dropped. The common case (no gap, nothing ahead) is one
+vectorised check and one concatenation per channel per flush. Each flush writes both
+channels up to ``now − TOLERANCE`` (no later packet can land before that), padding a
+channel that has received nothing with silence, so both channels always have the same
+length.
+
+*Header and disk faults.* Hand-written instead of through soundfile/libsndfile: the header
+is three fixed fields of a 44-byte layout, and doing it ourselves keeps one plain file
+descriptor per call (no SNDFILE handle, no cffi call per flush, no library-side
+buffering): each flush is one ``write`` of the new frames (repeated if the kernel takes
+part of it) and two 4-byte ``pwrite`` patches of the RIFF and ``data`` sizes, so the
+header is valid after every flush and a killed process leaves a playable file. When a
+write fails (disk full, I/O error) the file is cut back to the whole frames that did
+land, the header is patched to say exactly that, the file is closed, the recorder is
+marked :attr:`Recorder.partial` and the error is raised to the owner (which stops
+recording; the call goes on). **No empty files:** a recording whose header cannot be
+written is removed at once (the constructor raises), and one that ends holding no audio
+frame is removed at close (:attr:`Recorder.removed`). Every failure and success is noted
+in the :class:`RecordingsDisk` of the file's directory (:func:`recordings_disk`), which
+``/healthz`` reports. If the process dies between the frame write and the patch,
+:func:`repair_wav` sets the sizes from the file's length (cut to whole frames) and
+returns the frame count.
 
 :func:`new_recording_ref` makes the unguessable, URL-safe reference a recording is
 published under (never a path).
@@ -38,10 +73,16 @@ published under (never a path).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import secrets
 import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +91,22 @@ import numpy.typing as npt
 from sipdialer.rtp.g711 import ALAW_DECODE, ULAW_DECODE
 
 __all__ = [
+    "AHEAD",
+    "BUFFER_CAP",
     "CHANNELS",
     "FLUSH_INTERVAL",
+    "MAX_PAYLOAD",
+    "PENDING_BYTES",
+    "PENDING_PACKETS",
     "RATE",
     "TOLERANCE",
     "Channel",
+    "PendingPayloads",
     "Recorder",
+    "RecordingsDisk",
+    "describe_os_error",
     "new_recording_ref",
+    "recordings_disk",
     "repair_wav",
 ]
 
@@ -64,9 +114,24 @@ RATE = 8000
 CHANNELS = 2
 SAMPLE_BYTES = 2
 BLOCK_ALIGN = CHANNELS * SAMPLE_BYTES
-#: A packet whose arrival is within this many samples of its channel's end is placed
-#: contiguously; beyond it, silence fills the gap (40 ms: two 20 ms packets).
+#: A packet that starts within this many samples after its channel's end continues the
+#: channel; beyond it, silence fills the gap (40 ms: two 20 ms packets). Also how far
+#: behind ``now`` each flush stops writing.
 TOLERANCE = 320
+#: How far (samples) a channel may end after its latest packet's arrival (20 ms): the
+#: jitter allowance for packets that arrive early; beyond it the excess is dropped.
+AHEAD = 160
+#: Longest payload kept, in bytes (= G.711 samples): 200 ms. Longer ones are *oversize*.
+MAX_PAYLOAD = 1600
+#: Payload bytes a channel may hold between two flushes (4 s of G.711); beyond: *overflow*.
+PENDING_BYTES = 32000
+#: Packets a channel may hold between two flushes (5 s at 10 ms per packet).
+PENDING_PACKETS = 512
+#: The most audio bytes one recorder holds between flushes (:attr:`Recorder.buffered_bytes`):
+#: per channel its pending payloads, plus the placed samples a flush leaves unwritten — at
+#: most ``TOLERANCE + AHEAD`` of them, as no channel ends more than ``AHEAD`` past its
+#: latest arrival and each flush writes up to ``now − TOLERANCE`` (65,920 bytes).
+BUFFER_CAP = CHANNELS * (PENDING_BYTES + (TOLERANCE + AHEAD) * SAMPLE_BYTES)
 #: How often the owner should call :meth:`Recorder.flush` (seconds).
 FLUSH_INTERVAL = 1.0
 HEADER_SIZE = 44
@@ -95,28 +160,143 @@ def _header(data_bytes: int) -> bytes:
     )
 
 
-class Channel:
-    """One side: packets not yet placed (three parallel append-only lists), and the
-    placed samples not yet written.
+def describe_os_error(exc: BaseException) -> str:
+    """``ENOSPC: No space left on device`` — an error without its file name (a recording's
+    path holds its reference, which must not reach unauthenticated readers)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, f"errno {exc.errno}")
+        return f"{name}: {exc.strerror or os.strerror(exc.errno)}"
+    return type(exc).__name__
 
-    Invariant: ``len(tail) == cursor - recorder.frames``. The lists are never rebound
+
+class RecordingsDisk:
+    """Write health of one recordings directory, shared by every recorder writing there.
+
+    ``failing`` is true from a failed write (or a recording that could not be created)
+    until a later write succeeds. Times are Unix seconds. Thread-safe enough for its use:
+    one event loop writes, ``/healthz`` reads.
+    """
+
+    __slots__ = (
+        "failing",
+        "failures",
+        "last_error",
+        "last_error_at",
+        "last_write_at",
+        "partial_recordings",
+    )
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.failures = 0
+        self.partial_recordings = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_write_at: float | None = None
+
+    def note_write(self) -> None:
+        self.last_write_at = time.time()
+        self.failing = False
+
+    def note_failure(self, exc: BaseException, *, partial: bool) -> None:
+        """A write failed; ``partial``: a recording lost audio (or could not start)."""
+        self.failing = True
+        self.failures += 1
+        self.partial_recordings += partial
+        self.last_error = describe_os_error(exc)
+        self.last_error_at = time.time()
+
+
+_disks: dict[str, RecordingsDisk] = {}
+_disks_lock = threading.Lock()
+
+
+def recordings_disk(directory: str | os.PathLike[str]) -> RecordingsDisk:
+    """The :class:`RecordingsDisk` of ``directory`` (one per real path, made on first use)."""
+    key = os.path.realpath(directory)
+    with _disks_lock:
+        disk = _disks.get(key)
+        if disk is None:
+            disk = _disks[key] = RecordingsDisk()
+        return disk
+
+
+class PendingPayloads:
+    """A channel's payloads since the last flush, bounded in count and bytes (see the
+    module docstring). ``append`` is what the relay calls per packet."""
+
+    __slots__ = ("items", "overflow", "oversize", "room")
+
+    def __init__(self) -> None:
+        self.items: deque[bytes] = deque(maxlen=PENDING_PACKETS)
+        self.room = PENDING_BYTES  # bytes still accepted before the next take()
+        self.oversize = 0  # packets refused for their size
+        self.overflow = 0  # packets refused because the channel's buffer was full
+
+    def append(self, payload: bytes) -> None:  # the hot path: keep it this short
+        n = len(payload)
+        if n <= self.room and n <= MAX_PAYLOAD:
+            self.room -= n
+            self.items.append(payload)
+        else:
+            self._refuse(n)
+
+    def _refuse(self, n: int) -> None:
+        if n > MAX_PAYLOAD:
+            self.oversize += 1
+        else:
+            self.overflow += 1
+        self.items.append(b"")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.items)
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes held."""
+        return sum(map(len, self.items))
+
+    def take(self) -> list[bytes]:
+        """Everything held (and empty the queue)."""
+        out = list(self.items)
+        self.items.clear()
+        self.room = PENDING_BYTES
+        return out
+
+
+class Channel:
+    """One side: packets not yet placed (three queues in step), and the placed samples not
+    yet written.
+
+    Invariant: ``len(tail) == cursor - recorder.frames``. The queues are never rebound
     (the relay holds their ``append``).
     """
 
-    __slots__ = ("arrivals", "codecs", "cursor", "payloads", "tail")
+    __slots__ = ("arrivals", "codecs", "cursor", "excess", "idle", "payloads", "tail")
 
     def __init__(self) -> None:
-        self.payloads: list[bytes] = []
-        self.codecs: list[str] = []
-        self.arrivals: list[float] = []
+        self.payloads = PendingPayloads()
+        self.codecs: deque[str] = deque(maxlen=PENDING_PACKETS)
+        self.arrivals: deque[float] = deque(maxlen=PENDING_PACKETS)
         self.cursor = 0  # absolute sample index just past the last placed sample
         self.tail: npt.NDArray[np.int16] = _EMPTY
+        self.idle = True  # nothing placed since the start or a long silence padding
+        self.excess = 0  # samples dropped by the "ahead" rule
 
     def take(self) -> tuple[list[bytes], list[str], list[float]]:
-        """Everything fed since the last call (and empty the lists in place)."""
-        payloads, codecs, arrivals = self.payloads[:], self.codecs[:], self.arrivals[:]
-        del self.payloads[:], self.codecs[:], self.arrivals[:]
+        """Everything fed since the last call (and empty the queues in place)."""
+        payloads = self.payloads.take()
+        codecs, arrivals = list(self.codecs), list(self.arrivals)
+        self.codecs.clear()
+        self.arrivals.clear()
         return payloads, codecs, arrivals
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self.payloads.nbytes + self.tail.nbytes
 
 
 def _decode_items(
@@ -139,21 +319,44 @@ def _decode_items(
 
 
 class Recorder:
-    """Stereo WAV recorder for one call; see the module docstring for the rules."""
+    """Stereo WAV recorder for one call; see the module docstring for the rules.
 
-    def __init__(self, path: Path, *, now: float) -> None:
+    ``disk`` is where failures and writes are noted (default: the one of the file's
+    directory, :func:`recordings_disk`). The constructor raises ``OSError`` when the file
+    cannot be created with its header, and then leaves no file behind.
+    """
+
+    def __init__(self, path: Path, *, now: float, disk: RecordingsDisk | None = None) -> None:
         self.path = Path(path)
         self.start = now
         self.frames = 0  # stereo frames written (and announced in the header)
         self.closed = False
-        #: Left (agent) and right (callee) channel; the relay appends to their lists.
+        #: True once a write failed: the file holds the call only up to the failure.
+        self.partial = False
+        #: The write error that made the recording partial.
+        self.error: OSError | None = None
+        #: True when the file was removed because it held no audio frame.
+        self.removed = False
+        self.disk = disk if disk is not None else recordings_disk(self.path.parent)
+        #: Left (agent) and right (callee) channel; the relay appends to their queues.
         self.a = Channel()
         self.b = Channel()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            os.write(self._fd, _header(0))
-        except BaseException:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        except OSError as exc:
+            self.disk.note_failure(exc, partial=True)
+            raise
+        try:
+            _write_all(self._fd, _header(0))
+        except BaseException as exc:
             os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # no empty (or header-less) file is left behind
+            if isinstance(exc, _PartialWrite):
+                self.disk.note_failure(exc.error, partial=True)
+                raise exc.error from None
+            if isinstance(exc, OSError):
+                self.disk.note_failure(exc, partial=True)
             raise
 
     # -- feeding (cheap) ---------------------------------------------------------------
@@ -172,51 +375,100 @@ class Recorder:
         b.codecs.append(codec_name)
         b.arrivals.append(arrival)
 
+    # -- what was dropped, what is held --------------------------------------------------
+
+    @property
+    def oversize_packets(self) -> int:
+        """Packets dropped because their payload was longer than :data:`MAX_PAYLOAD`."""
+        return self.a.payloads.oversize + self.b.payloads.oversize
+
+    @property
+    def overflow_packets(self) -> int:
+        """Packets dropped because their channel already held :data:`PENDING_BYTES`."""
+        return self.a.payloads.overflow + self.b.payloads.overflow
+
+    @property
+    def excess_samples(self) -> int:
+        """Samples dropped because they would have run a channel ahead of the clock."""
+        return self.a.excess + self.b.excess
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Audio bytes held in memory now (never more than :data:`BUFFER_CAP`)."""
+        return self.a.buffered_bytes + self.b.buffered_bytes
+
     # -- batch work --------------------------------------------------------------------
 
     def _position(self, t: float) -> int:
         return int((t - self.start) * RATE + 0.5)
 
     def _place(self, ch: Channel) -> None:
-        """Decode the channel's pending packets and append them to its tail."""
-        if not ch.payloads:
+        """Decode the channel's pending packets and place them on its timeline."""
+        if not len(ch.payloads):
             return
         payloads, codecs, arrivals = ch.take()
+        if not all(payloads):  # refused packets (b""): no audio, no time
+            kept = [i for i, p in enumerate(payloads) if p]
+            if not kept:
+                return
+            payloads = [payloads[i] for i in kept]
+            codecs = [codecs[i] for i in kept]
+            arrivals = [arrivals[i] for i in kept]
         decoded, lengths = _decode_items(payloads, codecs)
         # A packet's audio ends when it arrives (it was sent once complete).
         ends = np.floor((np.array(arrivals) - self.start) * RATE + 0.5).astype(np.int64)
-        positions = ends - lengths
         cursor = ch.cursor
-        contiguous = cursor + np.cumsum(lengths) - lengths
-        if not (positions - contiguous > TOLERANCE).any():  # the usual case: no gap
+        # how far the channel would end past each packet's arrival if all were appended
+        lead = cursor + np.cumsum(lengths) - ends
+        if not ch.idle and lead.max() <= AHEAD and lead.min() >= -TOLERANCE:  # usual case
             ch.tail = np.concatenate([ch.tail, decoded]) if len(ch.tail) else decoded
             ch.cursor = cursor + len(decoded)
             return
         pieces = [ch.tail]
-        done = 0  # samples of ``decoded`` already in ``pieces``
-        offset = 0
-        for p, n in zip(positions.tolist(), lengths.tolist(), strict=True):
-            if p - cursor > TOLERANCE:
-                if offset > done:
-                    pieces.append(decoded[done:offset])
-                    done = offset
-                pieces.append(np.zeros(p - cursor, dtype=np.int16))
-                cursor = p
-            cursor += n
+        offset = 0  # index in ``decoded`` of the current packet's first sample
+        idle = ch.idle
+        excess = 0
+        for e, n in zip(ends.tolist(), lengths.tolist(), strict=True):
+            begin = e - n
+            if begin - cursor > (0 if idle else TOLERANCE):  # a gap: silence, then the packet
+                pieces.append(np.zeros(begin - cursor, dtype=np.int16))
+                pieces.append(decoded[offset : offset + n])
+                cursor = e
+            elif cursor + n - e > AHEAD:  # would run ahead: keep only what fits in time
+                keep = e - cursor
+                if keep > 0:
+                    pieces.append(decoded[offset + n - keep : offset + n])
+                    cursor = e
+                else:
+                    keep = 0
+                excess += n - keep
+            else:
+                pieces.append(decoded[offset : offset + n])
+                cursor += n
+            idle = False
             offset += n
-        pieces.append(decoded[done:])
         ch.tail = np.concatenate(pieces)
         ch.cursor = cursor
+        ch.idle = idle
+        ch.excess += excess
 
     def _write(self, upto: int) -> int:
-        """Write both channels up to absolute frame ``upto``, padding with silence."""
+        """Write both channels up to absolute frame ``upto``, padding with silence.
+
+        On a write error: cut the file to the frames that landed, fix its header, close
+        it (:meth:`_fail`) and raise.
+        """
         n = upto - self.frames
         if n <= 0:
             return 0
         if (self.frames + n) * BLOCK_ALIGN > _MAX_DATA:  # WAV's 4 GiB limit (~37 h)
             n = _MAX_DATA // BLOCK_ALIGN - self.frames
-            if n <= 0:
+            if n <= 0:  # the file is full: what comes is dropped, not held
+                for ch in (self.a, self.b):
+                    ch.tail = _EMPTY
+                    ch.cursor = self.frames
                 return 0
+        end = self.frames + n
         out = np.empty((n, CHANNELS), dtype=np.int16)
         for col, ch in enumerate((self.a, self.b)):
             k = min(n, len(ch.tail))
@@ -225,19 +477,63 @@ class Recorder:
                 ch.tail = ch.tail[k:]
             if k < n:
                 out[k:, col] = 0
-            if ch.cursor < self.frames + n:
-                ch.cursor = self.frames + n
-        os.write(self._fd, out.data)  # C-contiguous: written from its buffer, no copy
-        self.frames += n
-        size = self.frames * BLOCK_ALIGN
-        os.pwrite(self._fd, struct.pack("<I", 36 + size), 4)
-        os.pwrite(self._fd, struct.pack("<I", size), 40)
+            if ch.cursor < end:
+                if end - ch.cursor > TOLERANCE:  # silent for a while: restart at arrival
+                    ch.idle = True
+                ch.cursor = end
+        fd = self._fd
+        done = 0
+        try:
+            done = _write_all(fd, out.data.cast("B"))  # C-contiguous: no copy
+            size = end * BLOCK_ALIGN
+            os.pwrite(fd, struct.pack("<I", 36 + size), 4)
+            os.pwrite(fd, struct.pack("<I", size), 40)
+        except _PartialWrite as exc:
+            self._fail(exc.error, self.frames + exc.done // BLOCK_ALIGN)
+            raise exc.error from None
+        except OSError as exc:
+            self._fail(exc, self.frames + done // BLOCK_ALIGN)
+            raise
+        self.frames = end
+        self.disk.note_write()
         return n
 
-    def flush(self, now: float) -> int:
-        """Decode what was fed and write both channels up to ``now − TOLERANCE``.
+    def _fail(self, exc: OSError, frames: int) -> None:
+        """A write failed with ``frames`` whole frames in the file: make the file say
+        exactly that (or remove it if that is none), close it, note the failure."""
+        self.partial = True
+        self.error = exc
+        self.frames = frames
+        size = frames * BLOCK_ALIGN
+        with contextlib.suppress(OSError):  # best effort: the disk is failing
+            os.ftruncate(self._fd, HEADER_SIZE + size)
+            os.pwrite(self._fd, struct.pack("<I", 36 + size), 4)
+            os.pwrite(self._fd, struct.pack("<I", size), 40)
+        self.disk.note_failure(exc, partial=True)
+        self._release()
 
-        Returns the number of frames written. The file is a valid WAV afterwards.
+    def _release(self) -> None:
+        """Close the file (once); remove it if it holds no audio frame."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            os.close(self._fd)
+        except OSError as exc:  # e.g. NFS reporting a failed write-back at close
+            if not self.partial:
+                self.partial = True
+                self.error = exc
+                self.disk.note_failure(exc, partial=True)
+        if self.frames == 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.removed = True
+
+    def flush(self, now: float) -> int:
+        """Place what was fed and write both channels up to ``now − TOLERANCE``.
+
+        Returns the number of frames written. The file is a valid WAV afterwards, also
+        when this raises ``OSError`` (the recording is then :attr:`partial` and closed).
         """
         if self.closed:
             return 0
@@ -249,7 +545,8 @@ class Recorder:
         """Write everything left, both channels to the same length, and close the file.
 
         With ``now`` the file is at least as long as the recording's elapsed time;
-        without it, it ends with the last audio placed. Idempotent.
+        without it, it ends with the last audio placed. A file that ends up with no
+        audio frame is removed. Idempotent; raises ``OSError`` if the last write failed.
         """
         if self.closed:
             return
@@ -261,13 +558,40 @@ class Recorder:
                 end = max(end, self._position(now))
             self._write(end)
         finally:
-            self.closed = True
-            os.close(self._fd)
+            self._release()
 
     @property
     def duration(self) -> float:
         """Seconds of audio written so far."""
         return self.frames / RATE
+
+
+class _PartialWrite(OSError):
+    """A write failed after ``done`` bytes had landed."""
+
+    def __init__(self, done: int, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.done = done
+        self.error = error
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> int:
+    """Write all of ``data`` (the kernel may take part of it per call); returns its length.
+
+    Raises :class:`_PartialWrite` (saying how much landed) when a write fails.
+    """
+    view = memoryview(data)
+    done = 0
+    total = len(view)
+    while done < total:
+        try:
+            written = os.write(fd, view[done:])
+        except OSError as exc:
+            raise _PartialWrite(done, exc) from exc
+        if written <= 0:  # a regular file only does this when it cannot take more
+            raise _PartialWrite(done, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        done += written
+    return done
 
 
 def repair_wav(path: Path) -> int:

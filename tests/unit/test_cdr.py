@@ -24,6 +24,7 @@ PAYLOAD_KEYS = {
     "callee_answered_at", "bridged_at", "ended_at", "duration", "billsec",
     "recording_download_url", "agent_route", "end_detail", "sip_call_ids", "end_leg",
     "callee_redirected_to",
+    "recording_partial",
 }  # fmt: skip
 
 ISO_FIELDS = [
@@ -177,6 +178,7 @@ def test_busy_call_every_field() -> None:
         "duration": 2,  # 2.2 s from first dial
         "billsec": 0,
         "recording_download_url": None,
+        "recording_partial": False,
         "agent_route": "trunk",
         "callee_redirected_to": [],
         "end_detail": None,

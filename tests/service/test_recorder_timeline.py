@@ -1,0 +1,255 @@
+"""The recorder behind a real relay: loopback RTP through a :class:`Bridge`, flushed by the
+bridge's own timer. Its WAV is bounded by time, not by what a callee sends (issue 11
+point 2), and each channel stays within 40 ms of the wall clock under a fast clock and
+after a 300 ms burst (issue 12 point 6), measured from markers in the WAV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import soundfile
+
+from sipdialer.rtp import g711, packet
+from sipdialer.rtp.ports import PortAllocator
+from sipdialer.rtp.recorder import BUFFER_CAP, Recorder
+from sipdialer.rtp.relay import Bridge, Codec
+from tests.fixtures import ports
+
+HOST = "127.0.0.1"
+PCMU = Codec("PCMU", 0, 101)
+SILENCE = b"\xff" * 160  # µ-law zero
+
+
+class Phone(asyncio.DatagramProtocol):
+    """One side's endpoint: sends RTP to its leg, counts (and drops) what it receives."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.seq = random.randrange(65536)
+        self.ts = random.randrange(2**32)
+        self.ssrc = random.randrange(2**32)
+        self.received = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received += 1
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def send(self, port: int, payload: bytes, step: int = 160) -> None:
+        assert self.transport is not None
+        self.transport.sendto(packet.build(0, self.seq, self.ts, self.ssrc, payload), (HOST, port))
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.ts = (self.ts + step) & 0xFFFFFFFF
+
+
+@dataclass
+class Lab:
+    bridge: Bridge
+    a: Phone
+    b: Phone
+    recorder: Recorder
+
+    async def until(self, t: float) -> None:
+        """Sleep until loop time ``t``."""
+        await asyncio.sleep(max(0.0, t - asyncio.get_running_loop().time()))
+
+    def stop(self) -> float:
+        """Finish the recording now; returns the loop time it ended at."""
+        now = asyncio.get_running_loop().time()
+        self.bridge.stop_recording()
+        return now
+
+
+@asynccontextmanager
+async def recorded_bridge(path: Path) -> AsyncIterator[Lab]:
+    """A connected bridge between two phones, recording into ``path``."""
+    loop = asyncio.get_running_loop()
+    base = ports.free_port_range(20, "udp")
+    bridge = await Bridge.open(HOST, PortAllocator(base, base + 19))
+    _, a = await loop.create_datagram_endpoint(Phone, local_addr=(HOST, 0))
+    _, b = await loop.create_datagram_endpoint(Phone, local_addr=(HOST, 0))
+    try:
+        bridge.a.set_remote(a.addr, PCMU)
+        bridge.b.set_remote(b.addr, PCMU)
+        bridge.connect()
+        recorder = Recorder(path, now=loop.time())
+        bridge.start_recording(recorder)
+        yield Lab(bridge, a, b, recorder)
+    finally:
+        await bridge.close()
+        for phone in (a, b):
+            assert phone.transport is not None
+            phone.transport.close()
+        ports.release(range(base, base + 20))
+
+
+def held_bytes(rec: Recorder) -> int:
+    """Audio bytes the recorder holds in memory: pending payloads and placed samples not
+    yet written, of both channels (read from its channels, not from its own count)."""
+    return sum(sum(len(p) for p in ch.payloads) + ch.tail.nbytes for ch in (rec.a, rec.b))
+
+
+def tone(hz: float, n: int, start: int = 0) -> npt.NDArray[np.int16]:
+    t = (start + np.arange(n)) / 8000
+    return (np.sin(2 * np.pi * hz * t) * 8000).astype(np.int16)
+
+
+def rms(x: npt.NDArray[Any]) -> float:
+    return float(np.sqrt(np.mean(x.astype(float) ** 2))) if len(x) else 0.0
+
+
+def peak_hz(x: npt.NDArray[Any]) -> float:
+    spec = np.abs(np.fft.rfft(x.astype(float) * np.hanning(len(x))))
+    return float(np.argmax(spec) * 8000 / len(x))
+
+
+async def test_oversize_blast_keeps_the_wav_to_the_call_length(tmp_path: Path) -> None:
+    """The callee sends 100 packets/s of 8,000-byte payloads for 1.5 s, then of 65,000-byte
+    payloads for 1.5 s, then normal audio; the agent talks throughout. Before: every
+    byte became audio (a 100 s WAV per second of blast) and the relay held it all."""
+    path = tmp_path / "blast.wav"
+    blast = 0
+    peak = 0
+    async with recorded_bridge(path) as lab:
+        rec = lab.recorder
+        t0 = rec.start
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, held_bytes(rec))
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.ensure_future(watch())
+        a_audio = g711.encode_ulaw(tone(440, 8000 * 5))
+        b_audio = g711.encode_ulaw(tone(1000, 8000 * 5))
+        try:
+            for tick in range(450):  # 10 ms ticks: 4.5 s
+                await lab.until(t0 + 0.01 * (tick + 1))
+                if tick % 2 == 0:
+                    i = tick // 2
+                    lab.a.send(lab.bridge.a.local_port, a_audio[i * 160 : (i + 1) * 160])
+                if tick < 150:
+                    lab.b.send(lab.bridge.b.local_port, b"\x00" * 8000, step=8000)
+                    blast += 1
+                elif tick < 300:
+                    lab.b.send(lab.bridge.b.local_port, b"\x00" * 65000, step=65000)
+                    blast += 1
+                elif tick % 2 == 0:
+                    i = tick // 2
+                    lab.b.send(lab.bridge.b.local_port, b_audio[i * 160 : (i + 1) * 160])
+            await asyncio.sleep(0.05)
+            peak = max(peak, held_bytes(rec))
+        finally:
+            watcher.cancel()
+        end = lab.stop()
+        elapsed = end - t0
+    data, rate = soundfile.read(path, dtype="int16")
+    seconds = len(data) / rate
+    # the WAV is as long as the call, not as what was sent
+    assert abs(seconds - elapsed) <= 1.0, (seconds, elapsed)
+    assert seconds <= elapsed + 0.1
+    # the memory held stays under the hard cap (a few seconds of audio), whatever was sent
+    assert peak <= BUFFER_CAP and peak <= 100_000, peak
+    # every blast packet was counted and dropped (loopback may lose a few 65 kB datagrams)
+    assert 0.8 * blast <= rec.oversize_packets <= blast
+    left, right = data[:, 0], data[:, 1]
+    assert rms(left[int(0.5 * 8000) : int(4.0 * 8000)]) > 3000  # the agent throughout
+    assert abs(peak_hz(left[int(0.5 * 8000) : int(4.0 * 8000)]) - 440) < 3
+    assert rms(right[int(0.1 * 8000) : int(2.9 * 8000)]) == 0.0  # the blast: dropped
+    after = right[int(3.2 * 8000) : int(4.4 * 8000)]  # the callee's real audio, in place
+    assert rms(after) > 3000 and abs(peak_hz(after) - 1000) < 3
+
+
+# -- alignment ------------------------------------------------------------------------------
+
+MARK_EVERY = 25  # packets: a marker every 0.5 s of the sender's audio
+MARK = g711.encode_ulaw(np.full(160, 8000, dtype=np.int16))
+LOUD = 4000
+
+
+def marker_ends(x: npt.NDArray[np.int16], expected: list[int], window: int) -> list[int | None]:
+    """For each expected sample index, the end (last loud sample + 1) of the marker found
+    within ``window`` samples of it, or None."""
+    found: list[int | None] = []
+    for e in expected:
+        lo, hi = max(0, e - window), min(len(x), e + window)
+        loud = np.nonzero(np.abs(x[lo:hi].astype(np.int32)) > LOUD)[0]
+        found.append(lo + int(loud[-1]) + 1 if len(loud) else None)
+    return found
+
+
+async def test_fast_clock_and_burst_stay_within_40_ms_of_the_wall_clock(tmp_path: Path) -> None:
+    """The agent's clock runs 0.5 % fast (a 20 ms packet every 19.9 ms); the callee stalls
+    for 300 ms twice and then sends what it held at once. Each marker — two loud packets
+    every 0.5 s of a sender's audio — must end in the WAV where its last packet arrived,
+    ±40 ms, for the whole call. Before: the agent drifted 5 ms a second, the callee was
+    +280 ms late after the first burst, and the WAV ended longer than the call."""
+    path = tmp_path / "align.wav"
+    seconds = 12.0
+    stalls = [(3.0, 3.3), (7.0, 7.3)]
+    sent: dict[tuple[str, int], float] = {}  # (side, packet index) -> loop time sent
+    held: set[tuple[str, int]] = set()
+    async with recorded_bridge(path) as lab:
+        loop = asyncio.get_running_loop()
+        t0 = lab.recorder.start
+        plan: list[tuple[float, str, int]] = []
+        for i in range(int((seconds - 0.2) / 0.0199)):
+            plan.append((t0 + 0.1 + i * 0.0199, "a", i))  # 0.5 % fast
+        for i in range(int((seconds - 0.2) / 0.02)):
+            due = 0.1 + i * 0.02
+            for start, stop in stalls:
+                if start <= due < stop:
+                    due = stop  # held back, then sent with the rest at once
+                    held.add(("b", i))
+            plan.append((t0 + due, "b", i))
+        plan.sort()
+        for at, side, i in plan:
+            await lab.until(at)
+            phone, port = (
+                (lab.a, lab.bridge.a.local_port)
+                if side == "a"
+                else (lab.b, lab.bridge.b.local_port)
+            )
+            phone.send(port, MARK if i % MARK_EVERY in (0, 1) else SILENCE)
+            sent[side, i] = loop.time()
+        await asyncio.sleep(0.05)
+        end = lab.stop()
+        t0 = lab.recorder.start
+    data, rate = soundfile.read(path, dtype="int16")
+    worst: dict[str, float] = {}
+    late: dict[str, list[tuple[int, float]]] = {}
+    for col, side in enumerate(("a", "b")):
+        marks = sorted(i + 1 for (s, i) in sent if s == side and i % MARK_EVERY == 0)
+        marks = [m for m in marks if (side, m) in sent]
+        # a marker packet held back in a burst may be dropped: only on-time ones count
+        marks = [m for m in marks if (side, m) not in held and (side, m - 1) not in held]
+        expected = [round((sent[side, m] - t0) * rate) for m in marks]
+        ends = marker_ends(data[:, col], expected, window=1600)
+        offsets = [
+            (end_ - e) / 8 if end_ is not None else float("inf")
+            for end_, e in zip(ends, expected, strict=True)
+        ]
+        assert len(offsets) >= 20
+        worst[side] = max(map(abs, offsets))
+        late[side] = [(m, o) for m, o in zip(marks, offsets, strict=True) if abs(o) > 40]
+    assert not any(late.values()), f"markers (packet, ms) off by more than 40 ms: {late}"
+    assert max(worst.values()) <= 40, worst
+    # and the file ends with the call
+    assert abs(len(data) / rate - (end - t0)) <= 0.05, (len(data) / rate, end - t0)
