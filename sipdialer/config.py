@@ -130,7 +130,11 @@ class CallsConfig:
 @dataclass(frozen=True)
 class RegistrarConfig:
     realm: str = "sipdialer"
-    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    algorithms: tuple[str, ...] = ("MD5",)
+    """Digest challenges offered, in this order. MD5 only by default: baresip 1.0 (libre
+    1.x, Debian's) gives up on a response that holds *any* SHA-256 challenge, even beside
+    an MD5 one; SHA-256 is offered globally (``sha-256, md5``) or to one extension's phone
+    (``[extension_algorithms]``) where the phones can take it."""
     store: str = "state/bindings.json"
     min_expires: int = 60
     max_expires: int = 3600
@@ -159,6 +163,9 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     extensions: dict[str, str] = field(default_factory=dict)
+    extension_algorithms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per extension, the digest algorithms its phone is challenged with (overrides
+    ``[registrar] algorithms``)."""
 
 
 # ---- value parsers: each gets (section, key, raw text) and raises ConfigError ------------
@@ -183,6 +190,13 @@ def parse_hostport(section: str, key: str, text: str, default_port: int | None =
     if not 0 <= port <= 65535:
         raise ConfigError(f"{_where(section, key)}: port out of range in {text!r}")
     return host, port
+
+
+def _algorithms(section: str, key: str, text: str) -> tuple[str, ...]:
+    algos = tuple(dict.fromkeys(a.strip().upper() for a in text.split(",") if a.strip()))
+    if not algos or any(a not in ("SHA-256", "MD5") for a in algos):
+        raise ConfigError(f"{_where(section, key)}: a list of sha-256 and/or md5")
+    return algos
 
 
 def parse_next_hop(section: str, key: str, text: str) -> NextHop:
@@ -309,6 +323,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "recording": ("directory", "enabled", "retention_days"),
     "log": ("level",),
     "extensions": (),
+    "extension_algorithms": (),
 }
 
 
@@ -330,7 +345,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     for section in parser.sections():
         if section not in _KEYS:
             raise ConfigError(f"{source}: unknown section [{section}]")
-        if section == "extensions":
+        if section in ("extensions", "extension_algorithms"):
             continue
         for key in parser[section]:
             if key not in _KEYS[section]:
@@ -470,10 +485,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
             raise ConfigError("[registrar] realm: letters, digits, '.' and '-' only")
         g["realm"] = realm
     if (v := get("registrar", "algorithms")) is not None:
-        algos = tuple(a.strip().upper() for a in v.split(",") if a.strip())
-        if not algos or any(a not in ("SHA-256", "MD5") for a in algos):
-            raise ConfigError("[registrar] algorithms: a list of sha-256 and/or md5")
-        g["algorithms"] = algos
+        g["algorithms"] = _algorithms("registrar", "algorithms", v)
     if (v := get("registrar", "store")) is not None:
         g["store"] = _plain("registrar", "store", v)
     for key in ("min_expires", "max_expires"):
@@ -503,6 +515,13 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
                 raise ConfigError(f"[extensions] {ext}: the password must not be empty")
             extensions[ext] = _plain("extensions", ext, password)
 
+    extension_algorithms: dict[str, tuple[str, ...]] = {}
+    if parser.has_section("extension_algorithms"):
+        for ext, value in parser["extension_algorithms"].items():
+            if ext not in extensions:
+                raise ConfigError(f"[extension_algorithms] {ext}: not an extension of [extensions]")
+            extension_algorithms[ext] = _algorithms("extension_algorithms", ext, value)
+
     return Config(
         trunk=trunk,
         sip=SipConfig(**s),
@@ -513,6 +532,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         log=LogConfig(**lg),
         registrar=RegistrarConfig(**g),
         extensions=extensions,
+        extension_algorithms=extension_algorithms,
     )
 
 
