@@ -104,7 +104,12 @@ def test_kill_9_mid_call_then_restart_byes_both_phones_and_reports_the_call(
         cdr = client.brpop(["enigma:notifications:cdr"], timeout=10)
         c2d = client.brpop(["enigma:notifications:c2d"], timeout=10)
         assert cdr is not None and c2d is not None, log_path.read_text()
-        # the restarted service works: the API answers once recovery is done
+        # the restarted service works: the API answers once recovery is done (the CDR
+        # above is pushed during recovery, before the HTTP server listens)
+        started_by = time.monotonic() + 15
+        while "event=service_started" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < started_by, log_path.read_text()
+            time.sleep(0.05)
         health = urllib.request.urlopen(f"{base}/healthz", timeout=5)
         assert health.status in (200, 503)
         proc.send_signal(signal.SIGTERM)
