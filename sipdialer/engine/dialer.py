@@ -427,7 +427,8 @@ class CallRunner:
         if not self._usable_address(leg.name, media, sdp):
             return False
         media.set_remote((sdp.address, sdp.port), codec)
-        media.hold(sdp.on_hold or sdp.address in ("0.0.0.0", "::"))  # RFC 2543 hold too
+        # sendonly / inactive, or the null address (RFC 2543 hold: no address to send to)
+        media.hold(sdp.on_hold or media.media_address((sdp.address, sdp.port)) is None)
         return True
 
     def _refuse_answer(self, leg: Leg, sdp: AudioOffer) -> None:

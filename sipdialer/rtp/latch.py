@@ -18,9 +18,11 @@ The rule, after rtpengine's "strict source" and "learning" modes:
   gives. Such a source latches only once it has sent a *run*: :data:`LEARN_RUN`
   in-sequence packets (sequence number +1 each) of one SSRC, each of a negotiated payload
   type (the codec's or telephone-event's), lasting at least :data:`LEARN_SPAN` seconds
-  (a burst is no run). Runs of up to :data:`MAX_CANDIDATES` sources are followed at once
-  (a new source evicts the shortest run), so a sprayer cannot keep a real phone's run
-  from growing by interleaving its own packets.
+  (a burst is no run). One run is followed per source *IP* (a packet from another port
+  of that IP starts it over), for up to :data:`MAX_CANDIDATES` IPs at once (a new one
+  evicts the shortest run, the oldest of those first), so a sprayer interleaving its
+  packets with a NAT'd phone's, from however many ports, cannot keep the phone's run
+  from growing.
 * **Strict once latched.** Once latched, no other source — another IP or another port
   of the same IP — is accepted (bar the SDP address itself, above) until new SDP names
   a *different* address (:meth:`Latch.follow`). The same address again (a re-INVITE
@@ -31,8 +33,11 @@ The rule, after rtpengine's "strict source" and "learning" modes:
   the old address cannot take the leg back. SDP naming a barred address again lifts the
   bar on that one address (it is the newest SDP then).
 
-What this cannot stop: a sender that spoofs the SDP address itself, or that completes a
-run before a NAT'd phone does (unencrypted RTP carries no proof of origin; SRTP would).
+What this cannot stop: a sender that spoofs the SDP address itself, one that completes a
+run before a NAT'd phone does, or one rotating through more source IPs than
+:data:`MAX_CANDIDATES` between two of the phone's packets (that delays a NAT'd phone's
+learning; it still captures nothing without a run). Unencrypted RTP carries no proof of
+origin; SRTP would.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ Addr = tuple[Any, ...]
 LEARN_RUN = 10
 #: Seconds that run must last at least (10 packets of 20 ms span 0.18 s).
 LEARN_SPAN = 0.15
-#: Sources whose runs are followed at once while learning.
+#: Source IPs whose runs are followed at once while learning.
 MAX_CANDIDATES = 8
 #: Addresses left by SDP that stay barred from learning (the most recent ones).
 MAX_BARRED = 16
@@ -56,9 +61,10 @@ MAX_BARRED = 16
 class _Run:
     """The in-sequence run one candidate source has sent so far."""
 
-    __slots__ = ("count", "seq", "ssrc", "start")
+    __slots__ = ("addr", "count", "seq", "ssrc", "start")
 
-    def __init__(self, ssrc: int, seq: int, start: float) -> None:
+    def __init__(self, addr: Addr, ssrc: int, seq: int, start: float) -> None:
+        self.addr = addr
         self.ssrc = ssrc
         self.seq = seq
         self.count = 1
@@ -78,7 +84,7 @@ class Latch:
         self.exact = False
         """The source is the SDP address itself (no learning was needed)."""
         self._barred: dict[Addr, None] = {}  # an ordered set, oldest first
-        self._runs: dict[Addr, _Run] = {}
+        self._runs: dict[Any, _Run] = {}  # by source IP, oldest first
 
     def follow(self, sdp: Addr) -> bool:
         """The newest SDP names ``sdp``. True when that reopens the latch (a new address):
@@ -110,18 +116,20 @@ class Latch:
         if self.source is not None or not pt_ok or addr in self._barred:
             return False
         runs = self._runs
-        run = runs.get(addr)
-        if run is not None and run.ssrc == ssrc and seq == (run.seq + 1) & 0xFFFF:
-            run.seq = seq
-            run.count += 1
-            if run.count >= LEARN_RUN and now - run.start >= LEARN_SPAN:
-                self.source = addr
-                runs.clear()
-                return True
-            return False
-        if run is None and len(runs) >= MAX_CANDIDATES:
-            del runs[min(runs, key=lambda a: runs[a].count)]  # the shortest, oldest first
-        runs[addr] = _Run(ssrc, seq, now)  # a new candidate, or a broken run starts over
+        ip = addr[0]
+        run = runs.get(ip)
+        if run is not None:
+            if run.addr == addr and run.ssrc == ssrc and seq == (run.seq + 1) & 0xFFFF:
+                run.seq = seq
+                run.count += 1
+                if run.count >= LEARN_RUN and now - run.start >= LEARN_SPAN:
+                    self.source = addr
+                    runs.clear()
+                    return True
+                return False
+        elif len(runs) >= MAX_CANDIDATES:
+            del runs[min(runs, key=lambda key: runs[key].count)]  # the shortest, oldest first
+        runs[ip] = _Run(addr, ssrc, seq, now)  # a new candidate, or a broken run starts over
         return False
 
     @property

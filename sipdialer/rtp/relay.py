@@ -285,9 +285,15 @@ class MediaLeg(asyncio.DatagramProtocol):
         the caller, never per packet.
         """
         target = self.media_address(addr)
-        if target is not None and self._latch.follow(target):
-            self.remote = target
-            self._source = None
+        if target is not None:
+            if self._latch.follow(target):
+                self.remote = target
+                self._source = None
+        elif self._latch.sdp is None:
+            # on hold from the start: nowhere to send, but a sender may still learn its
+            # way in (nothing comes from the null address itself)
+            null = ("::", addr[1], 0, 0) if self.sock.family == socket.AF_INET6 else addr
+            self._latch.follow(null)
         self.codec = codec
         self._audio_pt = codec.pt
         self._audio_name = codec.name
@@ -303,9 +309,13 @@ class MediaLeg(asyncio.DatagramProtocol):
         IPv4-mapped IPv6 address on an IPv4 socket)."""
         host, port = addr
         try:
-            ip = ipaddress.ip_address(host)
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
         except ValueError:
             raise MediaAddressError(f"RTP remote must be an IP address, not {host!r}") from None
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # judged, and reached, as the IPv4 address it is
+        if ip.version == 6 and ip.scope_id:
+            raise MediaAddressError(f"RTP remote {ip} is scoped to an interface")
         if ip.is_unspecified:
             return None
         if ip.is_multicast:
@@ -318,11 +328,8 @@ class MediaLeg(asyncio.DatagramProtocol):
             if ip.version == 6:
                 # the form the kernel reports sources in: inet_ntop's text, flowinfo, scope
                 return (socket.inet_ntop(socket.AF_INET6, ip.packed), port, 0, 0)
-        else:
-            if ip.version == 6 and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            if ip.version == 4:
-                return (str(ip), port)
+        elif ip.version == 4:
+            return (str(ip), port)
         raise MediaAddressError(f"RTP remote {ip} is not reachable from {self.sock.family.name}")
 
     @property

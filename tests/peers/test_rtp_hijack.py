@@ -64,8 +64,10 @@ async def spray(sprayer: Sprayer, ports: range, stop: asyncio.Event) -> int:
     in-sequence stream of its own per port; returns how many packets were sent."""
     assert sprayer.transport is not None
     t = np.arange(160) / 8000
-    frames = [encode_ulaw((8000 * np.sin(2 * np.pi * 2600 * (t + i * 0.02))).astype(np.int16))
-              for i in range(50)]
+    frames = [
+        encode_ulaw((8000 * np.sin(2 * np.pi * 2600 * (t + i * 0.02))).astype(np.int16))
+        for i in range(50)
+    ]
     ssrc = {port: 0x0BAD0000 + port for port in ports}
     sent, n = 0, 0
     start = time.monotonic()

@@ -154,7 +154,9 @@ async def call(service: Service) -> CallRunner:
     )
 
 
-async def send_tone(sock: RtpSocket, dest: Callable[[], Any], hz: float, stop: asyncio.Event) -> None:
+async def send_tone(
+    sock: RtpSocket, dest: Callable[[], Any], hz: float, stop: asyncio.Event
+) -> None:
     """A PCMU tone in 20 ms RTP packets from ``sock`` to ``dest()`` until ``stop``."""
     assert sock.transport is not None
     t = np.arange(160) / 8000
@@ -202,7 +204,7 @@ async def test_unusable_answer_ends_the_call_at_once(
     p = (await ended(runner, timeout=8.0)).cdr_payload()
     elapsed = time.monotonic() - started
     assert (p["disposition"], p["end_code"], p["end_reason"]) == ("FAILED", 88, "error")
-    assert p["cause"] == "INCOMPATIBLE_DESTINATION"
+    assert p["cause_name"] == "INCOMPATIBLE_DESTINATION"
     assert (p["end_leg"], p["callee_sip_status"], p["call_time"]) == ("callee", 200, 0)
     assert address in (p["end_detail"] or "")
     assert elapsed < 3.0, f"took {elapsed:.1f} s (the ring timeout is 10 s)"
