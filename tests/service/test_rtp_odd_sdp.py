@@ -260,8 +260,9 @@ async def test_odd_answers_table(
 async def test_a_reinvite_to_an_unusable_address_is_refused_and_changes_nothing(
     rtp_range: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The re-INVITE's answer is refused (488) before the leg reports a media change; if
-    the change were reported anyway, the media stays where it was and nothing raises."""
+    """A re-INVITE's offer naming a host name is refused (488) before the leg reports a
+    media change; if the change were reported anyway, the media stays where it was and
+    nothing raises."""
     caplog.set_level(logging.DEBUG)
     dialer = make_dialer(rtp_range)
     runner, _, callee = await callee_rings(dialer)
@@ -270,7 +271,12 @@ async def test_a_reinvite_to_an_unusable_address_is_refused_and_changes_nothing(
     assert runner.bridge is not None
     moved = offer_of(build("c=IN IP4 media.example.com", None, M, PCMU_ATTRS))
     assert moved is not None
-    assert not runner._usable_address("callee", runner.bridge.b, moved)
+    # the answerer the engine gives its legs refuses it (None: the leg answers 488)
+    real_leg = runner._make_leg("callee")
+    assert real_leg.answer_reinvite(moved) is None
+    back = offer_of(build("c=IN IP4 192.0.2.9", None, M, PCMU_ATTRS))
+    answered = real_leg.answer_reinvite(back)
+    assert answered is not None and b"m=audio" in answered
     runner.leg_media_changed(cast(Any, callee), moved)
     assert runner.state is CallState.BRIDGED
     assert runner.bridge.b.remote == ("192.0.2.7", 4000)
