@@ -9,7 +9,8 @@ and finished, read from the :class:`~sipdialer.engine.directory.CallDirectory`'s
 
 Packet *loss* is not exported: the relay forwards packets without tracking RTP sequence
 numbers, so what it can count is received, sent and dropped (malformed, from a foreign
-source, of an unknown payload type, or with nowhere to go).
+source, of an unknown payload type, or with nowhere to go), and of the dropped ones those
+from a foreign source (the latch refused them: RTP sprayed at the relay's ports).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class CallCounters:
 
 
 #: The relay counters of one leg that are summed, by name.
-RTP_FIELDS = ("packets_in", "packets_out", "packets_dropped", "bytes_in")
+RTP_FIELDS = ("packets_in", "packets_out", "packets_dropped", "bytes_in", "packets_foreign")
 _LEGS = ("agent", "callee")
 
 
@@ -65,6 +66,7 @@ def _counts(leg: LegRtp) -> dict[str, int]:
         "packets_out": leg.packets_out,
         "packets_dropped": leg.packets_dropped,
         "bytes_in": leg.bytes_in,
+        "packets_foreign": leg.packets_foreign,
     }
 
 

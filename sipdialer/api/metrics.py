@@ -18,6 +18,7 @@ rtp_packets_received_total{leg}         counter    relay counters, agent / calle
 rtp_packets_sent_total{leg}             counter    summed over every call since start
 rtp_packets_dropped_total{leg}          counter
 rtp_bytes_received_total{leg}           counter
+rtp_packets_foreign_total{leg}          counter    of the dropped, those the latch refused
 redis_up                                gauge      the notifier's ``redis_ok`` (when it reports)
 notify_outbox_depth                     gauge      notifications waiting on disk
 notify_pushed_total                     counter    notifications Redis has taken
@@ -61,6 +62,10 @@ _RTP_FAMILIES = {
         "nowhere to send), by the leg they arrived on or were meant for.",
     ),
     "bytes_in": ("sipdialer_rtp_bytes_received_total", "RTP bytes received, by leg."),
+    "packets_foreign": (
+        "sipdialer_rtp_packets_foreign_total",
+        "RTP packets dropped as from a foreign source (not the latched one), by leg.",
+    ),
 }
 
 

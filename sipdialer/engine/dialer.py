@@ -13,6 +13,17 @@ of its calls, never the live :class:`CallRunner` objects.
 Decisions: the agent's phone shows the callee's number in From (``show_callee_to_agent``);
 the callee sees ``outbound_id`` in From and P-Asserted-Identity; numbers are dialled as
 given (``sip:0820001234@domain``); recording starts when the callee answers.
+
+Media addresses from SDP are used only as IP literals the relay's sockets can reach
+(:meth:`~sipdialer.rtp.relay.MediaLeg.media_address`); host names in ``c=`` are **not
+resolved** (a name a peer chooses would make us query DNS for it, and a slow answer
+would hold up the call's media), and neither is an address of a family we do not listen
+on (IPv6 media needs ``[sip] listen`` on an IPv6 address). A leg that *answers* with such
+an address is ACKed and BYEd at once, and the call ends FAILED with cause **88**
+(incompatible destination — what a 488 to our offer would have meant, RFC 3398), the
+address in ``end_detail`` and a ``media_address_unusable`` log line; such an address in a
+183 is ignored (the agent keeps hearing ringback), and a re-INVITE or UPDATE offering one
+is refused with 488, leaving the session as it was (RFC 3261 §14.2).
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ from sipdialer.engine.request import CallRequest
 from sipdialer.logs import quote_value
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import Recorder, new_recording_ref
-from sipdialer.rtp.relay import Bridge, Codec, MediaLeg
+from sipdialer.rtp.relay import Bridge, Codec, MediaAddressError, MediaLeg
 from sipdialer.sip.sdp import AudioOffer, answer_for, build_sdp
 
 if TYPE_CHECKING:
@@ -65,6 +76,9 @@ OFFER_CODECS = [("PCMU", 0), ("PCMA", 8)]
 DTMF_PT = 101
 #: The relay's leg names as the API names them.
 _MEDIA_LEGS = {"A": "agent", "B": "callee"}
+#: The Reason of the BYE to a leg that answered with a media address we cannot send to,
+#: and the cause of its call (see the module docstring).
+UNUSABLE_MEDIA_REASON = 'Q.850;cause=88;text="INCOMPATIBLE_DESTINATION"'
 
 
 #: Leg states whose INVITE still awaits its final response.
@@ -90,11 +104,12 @@ def _best_fork_failure(
 
 
 def codec_from_answer(sdp: AudioOffer) -> Codec | None:
-    """The codec a peer will send: the first supported payload type of its SDP."""
+    """The codec a peer will send: the first supported payload type (8 kHz) of its SDP."""
     for pt in sdp.payload_types:
-        name = sdp.rtpmap.get(pt, ("", 0))[0].upper()
-        if name in SUPPORTED_CODECS:
-            return Codec(name=name, pt=pt, dtmf_pt=sdp.dtmf_pt)
+        name, rate = sdp.rtpmap.get(pt, ("", 0))
+        if name.upper() in SUPPORTED_CODECS and rate == 8000:
+            dtmf_pt = sdp.dtmf_pt if sdp.dtmf_pt != pt else None
+            return Codec(name=name.upper(), pt=pt, dtmf_pt=dtmf_pt)
     return None
 
 
@@ -415,6 +430,8 @@ class CallRunner:
         def answer_reinvite(offer: AudioOffer | None) -> bytes | None:
             if offer is None:  # an offerless re-INVITE: we offer again
                 return our_offer
+            if offer.port and not self._usable_address(name, media, offer):
+                return None  # 488: the session stays as it was
             self._sdp_version += 1  # RFC 3264 §8: every new SDP of ours gets a new version
             return answer_for(
                 offer,
@@ -455,15 +472,49 @@ class CallRunner:
             return f"no codec we offered in the answer (payload types {offered})"
         return None
 
-    def _point_media(self, leg: Leg, sdp: AudioOffer | None) -> None:
+    def _usable_address(self, name: str, media: MediaLeg, sdp: AudioOffer) -> bool:
+        """Whether the relay can send to the SDP's address (logged when not)."""
+        try:
+            media.media_address((sdp.address, sdp.port))
+        except MediaAddressError as exc:
+            log.warning(
+                "event=media_address_unusable call=%s leg=%s address=%s port=%d error=%s",
+                self._tag,
+                name,
+                sdp.address,
+                sdp.port,
+                exc,
+            )
+            return False
+        return True
+
+    def _point_media(self, leg: Leg, sdp: AudioOffer | None) -> bool:
+        """Point the leg's relay socket at the SDP's address and codec. False (nothing
+        changed, logged) when the address is one the relay cannot send to."""
         media = self._media_of(leg)
         if media is None or sdp is None or sdp.port == 0:
-            return
+            return True
         codec = codec_from_answer(sdp)
         if codec is None:
-            return
+            return True
+        if not self._usable_address(leg.name, media, sdp):
+            return False
         media.set_remote((sdp.address, sdp.port), codec)
-        media.hold(sdp.direction in ("sendonly", "inactive") or sdp.address == "0.0.0.0")
+        # sendonly / inactive, or the null address (RFC 2543 hold: no address to send to)
+        media.hold(sdp.on_hold or media.media_address((sdp.address, sdp.port)) is None)
+        return True
+
+    def _refuse_answer(self, leg: Leg, sdp: AudioOffer) -> None:
+        """``leg`` answered (and was ACKed) with a media address we cannot use: BYE it
+        and end the call FAILED/88 (see the module docstring)."""
+        leg.hangup(UNUSABLE_MEDIA_REASON)
+        detail = f"{leg.name} answered with an unusable media address: {sdp.address}"
+        if leg is self.agent:
+            self.record.agent_status = 200
+            self._event(Ev.AGENT_FAILED, reason=(UNUSABLE_MEDIA_REASON,), detail=detail)
+        else:
+            self.record.callee_status = 200
+            self._event(Ev.CALLEE_FAILED, reason=(UNUSABLE_MEDIA_REASON,), detail=detail)
 
     def leg_progress(self, leg: Leg, status: int, sdp: AudioOffer | None) -> None:
         if self._is_agent(leg):
@@ -472,8 +523,7 @@ class CallRunner:
             return
         if self.record.callee_ringing_at is None:
             self.record.callee_ringing_at = time.time()
-        if sdp is not None and sdp.port:
-            self._point_media(leg, sdp)
+        if sdp is not None and sdp.port and self._point_media(leg, sdp):
             self._event(Ev.CALLEE_EARLY_MEDIA)
         else:
             self._event(Ev.CALLEE_RINGING)
@@ -501,7 +551,9 @@ class CallRunner:
             for other in self.agent_forks:
                 if other is not leg:
                     other.hangup('SIP;cause=200;text="Call completed elsewhere"')
-        self._point_media(leg, sdp)
+        if sdp is not None and not self._point_media(leg, sdp):
+            self._refuse_answer(leg, sdp)
+            return
         if leg is self.agent:
             self.record.agent_answered_at = time.time()
             self.record.agent_status = 200
@@ -581,6 +633,7 @@ class CallRunner:
                 packets_out=leg.packets_out,
                 packets_dropped=leg.packets_dropped,
                 bytes_in=leg.bytes_in,
+                packets_foreign=leg.packets_foreign,
             )
             for leg in (self.bridge.a, self.bridge.b)
         )

@@ -48,6 +48,9 @@ class LegRtp:
     with nowhere to go."""
     bytes_in: int
     """RTP bytes received."""
+    packets_foreign: int = 0
+    """Of the dropped packets, those from a source the relay's latch refused (not the
+    SDP address nor a learnt one: a sprayer, a stale address)."""
 
 
 @dataclass(frozen=True)

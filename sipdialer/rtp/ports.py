@@ -1,21 +1,33 @@
 """RTP port allocation: even UDP ports from the ``[sip] rtp_ports`` range, bound on demand.
 
 Owns which ports of the range are in use by this process. :meth:`PortAllocator.allocate`
-hands out a *bound* non-blocking UDP socket on the next free even port (RTP convention;
-the odd port above it is left for RTCP, which the relay does not terminate); a port that
-fails to bind (taken by another process) is skipped and retried later, after the other
-free ports. :meth:`PortAllocator.release` returns a port after its socket is closed. When
-no port of the range binds, :class:`PortsExhausted` is raised.
+hands out a *bound* non-blocking UDP socket on a free even port (RTP convention; the odd
+port above it is left for RTCP, which the relay does not terminate) chosen **at random**
+(``secrets``), so nobody can tell from one call's SDP which ports the next calls get and
+spray RTP at them ahead of the phones. A released port *rests* before it is handed out
+again (the most recently released quarter of the range, at most :data:`MAX_RESTING`
+ports), so a port is not reused while its last peer may still send; the resting ones are
+handed out, oldest first, only when no other port is free. A port that fails to bind
+(taken by another process) rests too and is retried later. When no port of the range
+binds, :class:`PortsExhausted` is raised.
+
+The sockets are bound without ``SO_REUSEADDR``/``SO_REUSEPORT``: no other socket may
+share a live relay port (the relay clears both again once the loop has the socket).
 """
 
 from __future__ import annotations
 
+import secrets
 import socket
 from collections import deque
+from collections.abc import Callable
 
 from sipdialer.rtp.errors import RtpError
 
-__all__ = ["PortAllocator", "PortsExhausted"]
+__all__ = ["MAX_RESTING", "PortAllocator", "PortsExhausted"]
+
+#: At most this many released ports rest before they may be handed out again.
+MAX_RESTING = 64
 
 
 class PortsExhausted(RtpError, RuntimeError):
@@ -23,58 +35,87 @@ class PortsExhausted(RtpError, RuntimeError):
 
 
 class PortAllocator:
-    """Even ports of ``[low, high]`` (both inclusive), round-robin, skipping unbindable ones."""
+    """Even ports of ``[low, high]`` (both inclusive), chosen at random among the free ones;
+    released and unbindable ones rest first.
 
-    def __init__(self, low: int, high: int) -> None:
+    ``choose(n)`` picks an index below ``n`` (default :func:`secrets.randbelow`; tests may
+    pass a seeded one)."""
+
+    def __init__(
+        self, low: int, high: int, *, choose: Callable[[int], int] = secrets.randbelow
+    ) -> None:
         if not 0 < low <= high <= 65535:
             raise ValueError(f"bad RTP port range {low}-{high}")
         first = low + (low & 1)
         self.low = low
         self.high = high
-        # Least recently released first: a port is not reused while its peer may still send.
-        self._free: deque[int] = deque(range(first, high + 1, 2))
+        self._choose = choose
+        self._free: list[int] = list(range(first, high + 1, 2))  # any order: picked at random
+        self._resting: deque[int] = deque()  # least recently released first
         self._used: set[int] = set()
         if not self._free:
             raise ValueError(f"RTP port range {low}-{high} holds no even port")
+        self._rest = min(MAX_RESTING, len(self._free) // 4)
 
     @property
     def capacity(self) -> int:
-        return len(self._free) + len(self._used)
+        return len(self._free) + len(self._resting) + len(self._used)
 
     @property
     def available(self) -> int:
-        return len(self._free)
+        return len(self._free) + len(self._resting)
 
     @property
     def in_use(self) -> int:
         return len(self._used)
 
+    def _take(self) -> int:
+        """A random free port, or the longest-resting one when none is free."""
+        free = self._free
+        if not free:
+            return self._resting.popleft()
+        i = self._choose(len(free))
+        port = free[i]
+        free[i] = free[-1]
+        free.pop()
+        return port
+
+    def _put_to_rest(self, port: int) -> None:
+        self._resting.append(port)
+        while len(self._resting) > self._rest:
+            self._free.append(self._resting.popleft())
+
     def allocate(self, host: str) -> socket.socket:
-        """A non-blocking UDP socket bound to ``(host, port)`` on a free even port.
+        """A non-blocking UDP socket bound to ``(host, port)`` on a random free even port.
 
         Its port is ``sock.getsockname()[1]``; give it back with :meth:`release` after
         closing the socket.
         """
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        for _ in range(len(self._free)):
-            port = self._free.popleft()
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                sock.close()
-                self._free.append(port)  # in use elsewhere for now: try it again later
-                continue
-            sock.setblocking(False)
-            self._used.add(port)
-            return sock
+        unbindable: list[int] = []  # in use elsewhere for now: rest, try them again later
+        try:
+            for _ in range(self.available):
+                port = self._take()  # each port at most once per call
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    sock.close()
+                    unbindable.append(port)
+                    continue
+                sock.setblocking(False)
+                self._used.add(port)
+                return sock
+        finally:
+            for port in unbindable:
+                self._put_to_rest(port)
         raise PortsExhausted(
             f"no free RTP port in {self.low}-{self.high} on {host} "
             f"({len(self._used)} in use by this process)"
         )
 
     def release(self, port: int) -> None:
-        """Return ``port`` to the pool (a port not handed out is ignored)."""
+        """Return ``port`` to the pool, to rest first (a port not handed out is ignored)."""
         if port in self._used:
             self._used.discard(port)
-            self._free.append(port)
+            self._put_to_rest(port)

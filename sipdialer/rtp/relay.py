@@ -7,10 +7,18 @@ and where to record (:meth:`Bridge.start_recording`).
 
 Behaviour:
 
-* **Symmetric RTP / latching.** Each leg sends to the address SDP gave until a packet
-  arrives; then it latches onto the packet's real source address (NAT) and ignores other
-  sources, until :meth:`MediaLeg.set_remote` gives a *different* address, which opens the
-  latch again for the next packet.
+* **Symmetric RTP / latching.** Each leg sends to the address SDP gave and accepts RTP
+  from one source only, its :class:`~sipdialer.rtp.latch.Latch`'s: the SDP address
+  itself, or (NAT) a source that has sent a run of in-sequence packets of a negotiated
+  payload type and one SSRC; once latched it sends there and drops every other source
+  (``packets_foreign``) until :meth:`MediaLeg.set_remote` gives a *different* address,
+  which the latch then follows, never going back to the address the SDP has left. No
+  SDP yet: every packet is foreign. See :mod:`sipdialer.rtp.latch` for the rule.
+* **Unshareable sockets.** Each leg's socket is bound by the
+  :class:`~sipdialer.rtp.ports.PortAllocator` (a random free even port) without
+  ``SO_REUSEADDR``/``SO_REUSEPORT``, and :meth:`Bridge.open` clears both again after
+  handing the socket to the loop (uvloop's ``create_datagram_endpoint(sock=…)`` sets
+  ``SO_REUSEADDR``), so no other socket can bind a live relay port (bpo-37228).
 * **Forwarding.** Same codec on both legs: the payload is forwarded untouched (PT
   rewritten if the numbers differ). PCMU↔PCMA: transcoded with G.711's code-conversion
   table in one ``bytes.translate``. Telephone-events (RFC 4733, the leg's ``dtmf_pt``)
@@ -38,9 +46,12 @@ Behaviour:
 The hot path is :meth:`MediaLeg.datagram_received`: no logging, no awaits, no dict
 lookups (``__slots__`` attributes only), no allocation beyond the packet's header tuple,
 the rewritten copy and the recorder's payload slice, one ``sendto`` on the leg's own
-socket (as cheap as uvloop's ``transport.sendto``, and the same on both loops). Remote
-addresses must be IP literals, so ``sendto`` never resolves a name. Works with asyncio's
-loop and uvloop.
+socket (as cheap as uvloop's ``transport.sendto``, and the same on both loops). The
+latch costs one tuple comparison with the latched source; only packets from elsewhere
+take the slow path (:meth:`MediaLeg._admit`). Remote addresses must be IP literals of
+the socket's family (:meth:`MediaLeg.media_address`; an IPv4 address reaches an IPv6
+socket bound to ``::`` as ``::ffff:a.b.c.d``), so ``sendto`` never resolves a name; any
+other address raises :class:`MediaAddressError`. Works with asyncio's loop and uvloop.
 
 Hand-written rather than a library (aiortc, rtpproxy): those terminate media or run as
 separate daemons; a B2BUA relay is ~one ``struct`` rewrite and a ``sendto`` per packet.
@@ -61,12 +72,14 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from sipdialer.rtp.errors import RtpError
 from sipdialer.rtp.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, encode
+from sipdialer.rtp.latch import Latch
 from sipdialer.rtp.packet import HEADER, REWRITE, payload_bounds
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import FLUSH_INTERVAL, Channel, Recorder
 
-__all__ = ["Bridge", "Codec", "MediaLeg"]
+__all__ = ["Bridge", "Codec", "MediaAddressError", "MediaLeg"]
 
 log = logging.getLogger("sipdialer.rtp")
 
@@ -97,6 +110,28 @@ def _discard(_: object) -> None:
     pass
 
 
+def _exclusive(sock: socket.socket) -> None:
+    """Make ``sock``'s port unshareable: clear SO_REUSEADDR (and SO_REUSEPORT).
+
+    Linux checks the flag of the socket already bound when another one binds, so clearing
+    it after the bind (and after uvloop has set it) is enough."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+
+
+def _dual_stack(sock: socket.socket) -> bool:
+    """An IPv6 socket bound to ``::`` that also takes IPv4 (as ``::ffff:a.b.c.d``)."""
+    if sock.family != socket.AF_INET6 or sock.getsockname()[0] != "::":
+        return False
+    return sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+
+
+class MediaAddressError(RtpError, ValueError):
+    """An address from SDP that RTP cannot be sent to from this leg's socket: a host name,
+    a multicast address, another address family, a port out of range."""
+
+
 @dataclass(frozen=True)
 class Codec:
     """What a leg negotiated in SDP: a G.711 codec, its PT on that leg, and DTMF's PT."""
@@ -125,6 +160,7 @@ class MediaLeg(asyncio.DatagramProtocol):
 
     Stats (read freely): ``packets_in``, ``bytes_in``, ``packets_out``,
     ``packets_dropped`` (malformed, foreign source, unknown PT, nowhere to send),
+    ``packets_foreign`` (of those, the packets from a source the latch refused),
     ``last_rx`` (loop time of the last valid packet, the bridge's open time before any),
     ``remote`` (where we send: SDP address, then the latched source).
     """
@@ -133,13 +169,14 @@ class MediaLeg(asyncio.DatagramProtocol):
         "_audio_name",
         "_audio_pt",
         "_dtmf_pt",
+        "_dual_stack",
         "_forward",
         "_held",
         "_init_seq",
         "_init_ts",
         "_last_out",
         "_last_tx",
-        "_latch_open",
+        "_latch",
         "_loop",
         "_mark",
         "_rb_codec",
@@ -152,10 +189,10 @@ class MediaLeg(asyncio.DatagramProtocol):
         "_rec_codec",
         "_rec_payload",
         "_recording",
-        "_sdp_remote",
         "_sending",
         "_sendto",
         "_seq_off",
+        "_source",
         "_src",
         "_ssrc",
         "_time",
@@ -169,6 +206,7 @@ class MediaLeg(asyncio.DatagramProtocol):
         "local_port",
         "name",
         "packets_dropped",
+        "packets_foreign",
         "packets_in",
         "packets_out",
         "peer",
@@ -186,10 +224,11 @@ class MediaLeg(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self.closed: asyncio.Future[None] = loop.create_future()
         self.peer: MediaLeg = self  # set by the bridge
-        # Where to send.
+        # Where to send, and the one source we take RTP from (None: not latched).
         self.remote: Addr | None = None
-        self._sdp_remote: Addr | None = None
-        self._latch_open = True
+        self._latch = Latch()
+        self._source: Addr | None = None
+        self._dual_stack = _dual_stack(sock)
         self.codec: Codec | None = None
         self._audio_pt = -1
         self._audio_name = ""
@@ -225,6 +264,7 @@ class MediaLeg(asyncio.DatagramProtocol):
         self.bytes_in = 0
         self.packets_out = 0
         self.packets_dropped = 0
+        self.packets_foreign = 0
         self.last_rx = loop.time()
 
     def __repr__(self) -> str:
@@ -235,28 +275,72 @@ class MediaLeg(asyncio.DatagramProtocol):
     def set_remote(self, addr: tuple[str, int], codec: Codec) -> None:
         """Send to ``addr`` in ``codec`` (from SDP). May be called again at any time.
 
-        A different address than the previous SDP one drops the latch: we send there and
-        latch onto the source of the next packet. The same address keeps the latch (a
-        re-INVITE that changes only direction or codec). ``addr`` must be an IP literal of
-        the socket's family (``ValueError`` otherwise): names are resolved by the caller,
-        never per packet.
+        A different address than the previous SDP one reopens the latch for that address
+        (see :mod:`sipdialer.rtp.latch`): we send there, and take RTP from it or from a
+        source that learns its way in, never again from the address the SDP has left. The
+        same address keeps the latch (a re-INVITE that changes only direction or codec),
+        and so does the null address (``0.0.0.0``/``::``, RFC 2543 hold: the caller holds
+        the leg). ``addr`` must be an IP literal the socket can reach
+        (:class:`MediaAddressError` otherwise, and nothing changes): names are resolved by
+        the caller, never per packet.
         """
-        try:
-            version = ipaddress.ip_address(addr[0]).version
-        except ValueError:
-            raise ValueError(f"RTP remote must be an IP address, not {addr[0]!r}") from None
-        if (version == 6) != (self.sock.family == socket.AF_INET6):
-            raise ValueError(f"RTP remote {addr[0]} is not reachable from {self.sock.family.name}")
-        if addr != self._sdp_remote:
-            self._sdp_remote = addr
-            self.remote = addr
-            self._latch_open = True
+        target = self.media_address(addr)
+        if target is not None:
+            if self._latch.follow(target):
+                self.remote = target
+                self._source = None
+        elif self._latch.sdp is None:
+            # on hold from the start: nowhere to send, but a sender may still learn its
+            # way in (nothing comes from the null address itself)
+            null = ("::", addr[1], 0, 0) if self.sock.family == socket.AF_INET6 else addr
+            self._latch.follow(null)
         self.codec = codec
         self._audio_pt = codec.pt
         self._audio_name = codec.name
         self._dtmf_pt = -1 if codec.dtmf_pt is None else codec.dtmf_pt
         self._update()
         self.peer._update()
+
+    def media_address(self, addr: tuple[str, int]) -> Addr | None:
+        """``addr`` (from SDP) as this leg's socket sends to it and reports the sources of
+        what it receives; None for the null address (hold). :class:`MediaAddressError`
+        for a host name, a multicast address, a port out of range, or an address of
+        another family than the socket's (but IPv4 on a dual-stack ``::`` socket, and an
+        IPv4-mapped IPv6 address on an IPv4 socket)."""
+        host, port = addr
+        try:
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+        except ValueError:
+            raise MediaAddressError(f"RTP remote must be an IP address, not {host!r}") from None
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # judged, and reached, as the IPv4 address it is
+        if ip.version == 6 and ip.scope_id:
+            raise MediaAddressError(f"RTP remote {ip} is scoped to an interface")
+        if ip.is_unspecified:
+            return None
+        if ip.is_multicast:
+            raise MediaAddressError(f"RTP remote {ip} is a multicast address")
+        if not 0 < port <= 65535:
+            raise MediaAddressError(f"RTP remote port {port} is out of range")
+        if self.sock.family == socket.AF_INET6:
+            if ip.version == 4 and self._dual_stack:
+                ip = ipaddress.IPv6Address(f"::ffff:{ip}")
+            if ip.version == 6:
+                # the form the kernel reports sources in: inet_ntop's text, flowinfo, scope
+                return (socket.inet_ntop(socket.AF_INET6, ip.packed), port, 0, 0)
+        elif ip.version == 4:
+            return (str(ip), port)
+        raise MediaAddressError(f"RTP remote {ip} is not reachable from {self.sock.family.name}")
+
+    @property
+    def source(self) -> Addr | None:
+        """The latched source, the one address RTP is taken from (None until latched)."""
+        return self._source
+
+    @property
+    def latch(self) -> Latch:
+        """This leg's latch (read it, do not drive it: :meth:`set_remote` does)."""
+        return self._latch
 
     def hold(self, on: bool) -> None:
         """Stop (``True``) or resume (``False``) sending to this leg."""
@@ -313,15 +397,8 @@ class MediaLeg(asyncio.DatagramProtocol):
             if start < 0:  # version != 2, lengths overrunning the packet
                 self.packets_dropped += 1
                 return
-        if addr != self.remote:
-            if not self._latch_open:
-                self.packets_dropped += 1
-                return
-            self.remote = addr
-            self._latch_open = False
-            self._sending = self.codec is not None and not self._held
-        elif self._latch_open:
-            self._latch_open = False
+        if addr != self._source and not self._admit(addr, b1, seq, ssrc):
+            return
         now = self._time()
         self.last_rx = now
         self.packets_in += 1
@@ -375,6 +452,20 @@ class MediaLeg(asyncio.DatagramProtocol):
             peer.packets_dropped += 1
             return
         peer.packets_out += 1
+
+    def _admit(self, addr: Addr, b1: int, seq: int, ssrc: int) -> bool:
+        """A packet from another source than the latched one: ask the latch. True: it
+        has latched onto ``addr`` (send there from now on); False: foreign, dropped."""
+        pt = b1 & 0x7F
+        pt_ok = pt == self._audio_pt or pt == self._dtmf_pt
+        if not self._latch.offer(addr, pt_ok, seq, ssrc, self._time()):
+            self.packets_foreign += 1
+            self.packets_dropped += 1
+            return False
+        self._source = addr
+        self.remote = addr
+        self._sending = self.codec is not None and not self._held
+        return True
 
     def _slow(
         self, data: bytes, b1: int, seq: int, ts: int, ssrc: int, start: int, end: int, now: float
@@ -565,6 +656,7 @@ class Bridge:
                 socks.append(sock)
                 leg = MediaLeg(name, sock, loop)
                 await loop.create_datagram_endpoint(_returns(leg), sock=sock)
+                _exclusive(sock)
                 legs.append(leg)
         except BaseException:
             for sock in socks:

@@ -172,7 +172,8 @@ def _connection_address(value: str) -> str:
     if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
         raise SdpError(f"bad c= line: {value[:60]!r}")
     address = parts[2].split("/", 1)[0]  # strip multicast /ttl[/n]
-    if not address or not _TOKEN_RE.fullmatch(address.replace(":", "")):
+    colonless = address.replace(":", "")  # IPv6: "::" (hold) has nothing else
+    if not address or not (address == "::" or _TOKEN_RE.fullmatch(colonless)):
         raise SdpError(f"bad connection address: {address[:60]!r}")
     return address
 

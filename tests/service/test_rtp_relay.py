@@ -20,6 +20,7 @@ import pytest
 import soundfile
 
 from sipdialer.rtp import g711, packet
+from sipdialer.rtp.latch import LEARN_RUN
 from sipdialer.rtp.packet import RtpHeader
 from sipdialer.rtp.ports import PortAllocator, PortsExhausted
 from sipdialer.rtp.recorder import Recorder
@@ -293,40 +294,69 @@ def test_malformed_packets_are_dropped(run: Callable[[Scenario], None]) -> None:
 # -- latching ----------------------------------------------------------------------------
 
 
-def test_latches_to_real_source_and_ignores_others(run: Callable[[Scenario], None]) -> None:
+async def send_run(p: Phone, port: int, n: int, payload: bytes, gap: float = 0.02) -> None:
+    """``n`` in-sequence packets of one SSRC, ``gap`` seconds apart (a phone talking)."""
+    for i in range(n):
+        if i:
+            await asyncio.sleep(gap)
+        p.send(port, payload)
+
+
+def test_latches_to_sdp_address_or_a_learnt_run_and_ignores_others(
+    run: Callable[[Scenario], None],
+) -> None:
     async def body(bridge: Bridge, pa: Phone, pb: Phone) -> None:
         natted = await phone()  # A's packets really come from here, not from SDP's address
         other = await phone()
+        port = bridge.a.local_port
         try:
             # before any packet from A, B's audio goes to A's SDP address
             pb.send(bridge.b.local_port, b"\x01" * 160)
             await pa.recv()
-            natted.send(bridge.a.local_port, b"\x02" * 160)
-            _, got = await pb.recv()
-            assert got == b"\x02" * 160
-            assert bridge.a.remote == natted.addr
-            pb.send(bridge.b.local_port, b"\x03" * 160)
-            _, got = await natted.recv()
-            assert got == b"\x03" * 160
-            await pa.nothing(0.05)
-            # a third source (and the SDP address itself) is ignored after latching
-            other.send(bridge.a.local_port, b"\x04" * 160)
-            pa.send(bridge.a.local_port, b"\x05" * 160)
+            # one packet from elsewhere latches nothing: dropped and counted as foreign
+            natted.send(port, b"\x02" * 160)
             await pb.nothing()
-            assert bridge.a.packets_dropped == 2
+            assert bridge.a.source is None
+            assert bridge.a.packets_foreign == bridge.a.packets_dropped == 1
+            # NAT: a run of in-sequence packets (one SSRC, negotiated PT) latches; the
+            # packet that completes it is the first relayed
+            await send_run(natted, port, LEARN_RUN - 1, b"\x03" * 160)
+            _, got = await pb.recv()
+            assert got == b"\x03" * 160
+            await pb.nothing(0.05)
+            assert bridge.a.remote == bridge.a.source == natted.addr
+            assert bridge.a.packets_foreign == LEARN_RUN - 1
+            pb.send(bridge.b.local_port, b"\x04" * 160)
+            _, got = await natted.recv()
+            assert got == b"\x04" * 160
+            await pa.nothing(0.05)
+            # once latched, a third source is ignored however long its run
+            await send_run(other, port, LEARN_RUN + 2, b"\x05" * 160, gap=0.02)
+            await pb.nothing()
+            assert bridge.a.packets_foreign == 2 * LEARN_RUN + 1
+            # the SDP address itself wins over a learnt source, at its first packet
+            pa.send(port, b"\x06" * 160)
+            _, got = await pb.recv()
+            assert got == b"\x06" * 160
+            assert bridge.a.remote == bridge.a.source == pa.addr
+            # ... and for good: the learnt source cannot come back
+            await send_run(natted, port, LEARN_RUN + 2, b"\x07" * 160)
+            await pb.nothing()
             # same SDP address again (re-INVITE for hold, say): latch kept
             bridge.a.set_remote(pa.addr, PCMU)
-            assert bridge.a.remote == natted.addr
-            # new SDP address: send there, and latch onto the next source
+            assert bridge.a.source == pa.addr
+            # new SDP address: send there at once; the address the SDP left is barred
             bridge.a.set_remote(other.addr, PCMU)
-            pb.send(bridge.b.local_port, b"\x06" * 160)
+            assert bridge.a.source is None
+            pb.send(bridge.b.local_port, b"\x08" * 160)
             _, got = await other.recv()
-            assert got == b"\x06" * 160
-            other.send(bridge.a.local_port, b"\x07" * 160)
-            _, got = await pb.recv()
-            assert got == b"\x07" * 160
-            natted.send(bridge.a.local_port, b"\x08" * 160)
+            assert got == b"\x08" * 160
+            await send_run(pa, port, LEARN_RUN + 2, b"\x09" * 160)  # trailing from the old
             await pb.nothing()
+            other.send(port, b"\x0a" * 160)
+            _, got = await pb.recv()
+            assert got == b"\x0a" * 160
+            assert bridge.a.source == other.addr
         finally:
             natted.close()
             other.close()
