@@ -399,15 +399,17 @@ def test_rfc2543_branchless_requests_are_matched_by_dialog_identifiers() -> None
     assert drain(ep) == [] and event.transaction.state is CONFIRMED
 
 
-def test_request_problem_is_answered_through_a_transaction_without_the_tu() -> None:
+def test_request_problem_is_answered_statelessly_without_the_tu() -> None:
     ep = endpoint()
     data = incoming("OPTIONS", uri="http://example.com/x")
     ep.receive(data, PEER, "UDP", 0.0)
-    ep.receive(data, PEER, "UDP", 0.5)
+    assert ep.server_transactions == ()  # nothing kept for it (RFC 3261 §8.2.7)
+    ep.receive(data, PEER, "UDP", 0.5)  # the retransmission is simply answered again
     assert drain(ep) == []
     out = ep.messages_to_send()
     assert [status_of(o) for o in out] == [416, 416] and out[0].data == out[1].data
-    assert ep.stats["answered_416"] == 1
+    assert ep.stats["answered_416"] == 2
+    assert ep.server_transactions == () and ep.get_timer() is None
     missing = incoming("OPTIONS", branch="z9hG4bKnocallid").replace(b"Call-ID: in-call-1\r\n", b"")
     ep.receive(missing, PEER, "UDP", 1.0)
     (out,) = ep.messages_to_send()
