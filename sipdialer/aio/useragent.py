@@ -110,6 +110,8 @@ def in_dialog_refusal(req: Request) -> UasAnswer | None:
 
 
 class UserAgent:
+    """Dispatches one endpoint's events to their owners and answers what nobody owns."""
+
     def __init__(self) -> None:
         self.transport: SipTransport | None = None
         self._tx_owners: dict[int, TxHandler] = {}
@@ -118,6 +120,8 @@ class UserAgent:
         self.registrar: RequestHandler | None = None
         self.refusal_log = LogThrottle(per_key=REFUSAL_LOG_PER_SOURCE, total=REFUSAL_LOG_TOTAL)
         """Budget of ``sip_invite_refused`` lines (its ``suppressed_total`` counts drops)."""
+        self.clock: Callable[[], float] = time.monotonic
+        """The time the log budget runs on."""
 
     def attach(self, transport: SipTransport) -> None:
         """Send and receive through ``transport``; its endpoint answers what nobody owns
@@ -219,7 +223,7 @@ class UserAgent:
         return UasAnswer(501, None, (("Allow", ALLOW),))
 
     def _log_refused_invite(self, req: Request, source: tuple[str, int]) -> None:
-        suppressed = self.refusal_log.admit(source[0], time.monotonic())
+        suppressed = self.refusal_log.admit(source[0], self.clock())
         if suppressed is None:
             return
         log.info(
