@@ -375,7 +375,9 @@ class SipEndpoint:
             self._receive(bytes(data), source, transport.upper(), now)
         except Exception:  # a packet must never take the stack down
             self.stats["internal_errors"] += 1
-            log.exception("internal error handling a message from %s", source)
+            log.exception(
+                "event=sip_internal_error source=%s port=%d", quote_value(source[0]), source[1]
+            )
 
     def transport_error(self, dest: Addr, transport: str, now: float) -> None:
         """``dest`` is unreachable: fail the client transactions still waiting on it."""

@@ -8,9 +8,11 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
+from sipdialer.logs import _Formatter, quote_value
 from sipdialer.sip.digest import build_authorization, parse_challenge
 from sipdialer.sip.message import Request
 from sipdialer.sip.registrar import Binding, Registrar, Reply
@@ -759,3 +761,39 @@ def test_load_skips_removed_extensions_and_bad_entries() -> None:
     assert [b.extension for b in fewer.bindings(T0)] == ["1001"]
     with pytest.raises(ValueError):
         fewer.load({"version": 99, "bindings": []}, T0)
+
+
+# ---- fail2ban ---------------------------------------------------------------------------------
+
+
+def readme_failregex() -> re.Pattern[str]:
+    """The failregex of the fail2ban filter in the README, as fail2ban applies it: to the
+    line after the date, with ``<ADDR>`` an IPv4 or IPv6 address."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    (failregex,) = re.findall(r"^failregex = (.*)$", readme, flags=re.M)
+    return re.compile(failregex.replace("<ADDR>", r"(?P<addr>[0-9A-Fa-f:.]+)"))
+
+
+def without_date(line: str) -> str:
+    date = re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", line)
+    assert date is not None, line
+    return line[date.end() :]
+
+
+def test_readme_fail2ban_filter_matches_auth_failures_and_nothing_forged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    reg = make_registrar()
+    for source in (("198.51.100.7", 5060), ("2001:db8::7", 5062)):
+        wrong_guess(reg, source, source, T0)
+    wrong_guess(reg, ("198.51.100.8", 5060), ("198.51.100.8", 5060), T0, user="9999")
+    forged = "x logger=sipdialer.registrar event=auth_failed source=6.6.6.6 port=1 y"
+    logging.getLogger("sipdialer.sip").info(
+        "event=sip_invite_refused source=192.0.2.1 port=5060 from=%s", quote_value(forged)
+    )
+    logging.getLogger("sipdialer.sip").info("event=x from=%s", "a\n" + forged)  # unquoted
+    failregex = readme_failregex()
+    lines = [without_date(_Formatter().format(r)) for r in caplog.records]
+    hits = [m.group("addr") for line in lines if (m := failregex.match(line))]
+    assert hits == ["198.51.100.7", "2001:db8::7", "198.51.100.8"]
