@@ -411,7 +411,6 @@ class Registrar:
             self._auth_failed(source, transport, username, result.reason, now)
             return self._challenge(ip, now)
         user = result.username or ""
-        self._last_good_ip[user] = ip
         try:
             aor_user = request.to_addr().sip_uri.user_unescaped
         except SipParseError:
@@ -423,6 +422,7 @@ class Registrar:
                 user,
             )
             return Reply(403, "Forbidden")
+        self._last_good_ip[user] = ip  # the phone's own address from now on
         return self._update(request, user, source, transport, now)
 
     def _credentials(self, request: Request) -> str | None:
