@@ -10,14 +10,44 @@ else, so the service is a good citizen and no open relay:
 * a request that requires an extension we lack → 420 with Unsupported;
 * a known but unsupported method → 405 with Allow; an unknown method → 501;
 * an in-dialog request for a dialog we do not know → 481; a stray ACK → dropped.
+
+Every one of those answers is *stateless* (RFC 3261 §8.2.7; Kamailio's ``sl_send_reply``):
+:meth:`UserAgent.attach` installs :meth:`UserAgent.stateless_answer` as the endpoint's
+policy, so the endpoint answers them before it creates a server transaction — nothing is
+kept for 32 s, a refused INVITE's 403 is sent once (not retransmitted on Timer G to a
+source that never ACKs) and a retransmitted request is simply answered again. Only
+REGISTER to the registrar and requests inside our dialogs get a transaction and reach
+their owner. A refused INVITE is logged at most :data:`REFUSAL_LOG_PER_SOURCE` times a
+second per source (then with ``suppressed=N``), its network fields quoted.
+
+Inside a dialog the owner (:mod:`sipdialer.engine.leg`) acts on BYE, re-INVITE, UPDATE,
+OPTIONS and INFO, and answers everything else as :func:`in_dialog_refusal` decides:
+
+    request inside a dialog                        → answer
+    Require: an option we do not support           → 420 Bad Extension + Unsupported
+      (any method but BYE, which always ends the call, and ACK/CANCEL, RFC 3261 §8.2.2.3)
+    REFER, SUBSCRIBE, MESSAGE, PUBLISH, REGISTER   → 405 Method Not Allowed + Allow
+      (known methods we do not act on: §8.2.1; we transfer nothing, hold no
+      subscription and take no messages)
+    NOTIFY                                         → 481 (no subscription exists:
+                                                     RFC 6665 §4.1.3)
+    PRACK                                          → 481 (we never send a reliable
+      provisional — we are the UAC of every INVITE and support no 100rel — so no PRACK
+      can match one: RFC 3262 §3)
+    a method we do not know                        → 501 Not Implemented + Allow
+    BYE, INVITE, UPDATE, OPTIONS, INFO, ACK, CANCEL → None: the owner acts
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from sipdialer.aio.transport import SipTransport
+from sipdialer.logs import LogThrottle, quote_value
+from sipdialer.sip.endpoint import UasAnswer
+from sipdialer.sip.errors import SipParseError
 from sipdialer.sip.events import (
     Event,
     RequestReceived,
@@ -39,20 +69,65 @@ KNOWN_METHODS = frozenset(
     "MESSAGE PUBLISH".split()
 )
 
+OPTIONS_HEADERS = (("Allow", ALLOW), ("Accept", ACCEPT), ("Accept-Language", "en"))
+REFUSAL_LOG_PER_SOURCE = 5
+"""Refused INVITEs logged per second per source IP (the rest are counted)."""
+REFUSAL_LOG_TOTAL = 50
+"""… and over all sources."""
+LOGGED_HEADER_LIMIT = 200
+"""Characters of a header value from the network that reach a log line."""
+
+IN_DIALOG_ACTED_ON = frozenset({"BYE", "INVITE", "UPDATE", "OPTIONS", "INFO", "ACK", "CANCEL"})
+IN_DIALOG_NO_MATCH = frozenset({"NOTIFY", "PRACK"})
+
 TxHandler = Callable[[Event], None]
 RequestHandler = Callable[[RequestReceived], None]
 
 
+def unsupported_requirements(req: Request) -> list[str]:
+    """The Require options of ``req`` that we do not support (RFC 3261 §8.2.2.3)."""
+    supported = {opt.strip().lower() for opt in SUPPORTED.split(",") if opt.strip()}
+    return [opt for opt in req.headers.values("Require") if opt and opt.lower() not in supported]
+
+
+def in_dialog_refusal(req: Request) -> UasAnswer | None:
+    """The answer to a request inside one of our dialogs that the dialog's owner does not
+    act on (see the table in the module docstring), or None when the owner acts on it."""
+    method = req.method
+    if method in ("ACK", "CANCEL"):
+        return None
+    if method != "BYE":
+        unsupported = unsupported_requirements(req)
+        if unsupported:
+            return UasAnswer(420, None, (("Unsupported", ", ".join(unsupported)),))
+    if method in IN_DIALOG_ACTED_ON:
+        return None
+    if method in IN_DIALOG_NO_MATCH:
+        return UasAnswer(481, "Call/Transaction Does Not Exist")
+    if method in KNOWN_METHODS:
+        return UasAnswer(405, None, (("Allow", ALLOW),))
+    return UasAnswer(501, None, (("Allow", ALLOW),))
+
+
 class UserAgent:
+    """Dispatches one endpoint's events to their owners and answers what nobody owns."""
+
     def __init__(self) -> None:
         self.transport: SipTransport | None = None
         self._tx_owners: dict[int, TxHandler] = {}
         self._dialogs: dict[tuple[str, str], RequestHandler] = {}
         self._stray_2xx: dict[str, Callable[[ResponseReceived], None]] = {}
         self.registrar: RequestHandler | None = None
+        self.refusal_log = LogThrottle(per_key=REFUSAL_LOG_PER_SOURCE, total=REFUSAL_LOG_TOTAL)
+        """Budget of ``sip_invite_refused`` lines (its ``suppressed_total`` counts drops)."""
+        self.clock: Callable[[], float] = time.monotonic
+        """The time the log budget runs on."""
 
     def attach(self, transport: SipTransport) -> None:
+        """Send and receive through ``transport``; its endpoint answers what nobody owns
+        statelessly, as :meth:`stateless_answer` decides."""
         self.transport = transport
+        transport.endpoint.stateless_policy = self.stateless_answer
 
     # ---- ownership --------------------------------------------------------------------------
     def send_request(
@@ -101,52 +176,65 @@ class UserAgent:
         elif isinstance(event, TransactionTerminated):
             self._tx_owners.pop(id(event.transaction), None)
 
+    def _owner(self, req: Request) -> RequestHandler | None:
+        """Who acts on ``req``: the dialog it belongs to, or the registrar for a REGISTER
+        outside any dialog; None when nobody owns it."""
+        to_tag = _to_tag(req)
+        if to_tag:
+            return self._dialogs.get((req.call_id, to_tag))
+        if req.method == "REGISTER":
+            return self.registrar
+        return None
+
+    def stateless_answer(
+        self, req: Request, source: tuple[str, int], transport: str
+    ) -> UasAnswer | None:
+        """The endpoint's stateless policy: our answer to a new request nobody owns, or
+        None for one that goes to its owner in a transaction."""
+        if req.method == "ACK" or self._owner(req) is not None:
+            return None
+        return self._answer_for_unowned(req, source)
+
     def _on_request(self, event: RequestReceived) -> None:
         req = event.request
-        try:
-            to_tag = req.to_addr().tag
-        except ValueError:
-            to_tag = None
-        if to_tag:
-            handler = self._dialogs.get((req.call_id, to_tag))
-            if handler is not None:
-                handler(event)
-                return
-            if req.method != "ACK":
-                self.answer(event, 481)
+        handler = self._owner(req)
+        if handler is not None:
+            handler(event)
             return
         if req.method == "ACK":
             return  # an ACK for a non-2xx is absorbed by its transaction; others are strays
-        if req.method == "CANCEL":
-            self.answer(event, 481)
-            return
-        unsupported = self._unsupported_requirements(req)
-        if unsupported and req.method != "CANCEL":
-            self.answer(event, 420, extra=[("Unsupported", ", ".join(unsupported))])
-            return
-        if req.method == "OPTIONS":
-            self.answer(
-                event,
-                200,
-                extra=[("Allow", ALLOW), ("Accept", ACCEPT), ("Accept-Language", "en")],
-            )
-        elif req.method == "INVITE":
-            log.info(
-                "event=sip_invite_refused source=%s:%d from=%s",
-                *event.source,
-                req.headers.get("From"),
-            )
-            self.answer(event, 403, "Forbidden (no incoming calls)")
-        elif req.method == "REGISTER" and self.registrar is not None:
-            self.registrar(event)
-        elif req.method in KNOWN_METHODS:
-            self.answer(event, 405, extra=[("Allow", ALLOW)])
-        else:
-            self.answer(event, 501, extra=[("Allow", ALLOW)])
+        # only without a stateless policy (an endpoint not attached through attach())
+        answer = self._answer_for_unowned(req, event.source)
+        self.answer(event, answer.status, answer.reason, extra=list(answer.headers))
 
-    @staticmethod
-    def _unsupported_requirements(req: Request) -> list[str]:
-        return [opt for opt in req.headers.values("Require") if opt]
+    def _answer_for_unowned(self, req: Request, source: tuple[str, int]) -> UasAnswer:
+        if _to_tag(req) or req.method == "CANCEL":
+            return UasAnswer(481)  # a dialog or transaction we do not know
+        unsupported = unsupported_requirements(req)
+        if unsupported:
+            return UasAnswer(420, None, (("Unsupported", ", ".join(unsupported)),))
+        if req.method == "OPTIONS":
+            return UasAnswer(200, None, OPTIONS_HEADERS)
+        if req.method == "INVITE":
+            self._log_refused_invite(req, source)
+            return UasAnswer(403, "Forbidden (no incoming calls)")
+        if req.method in KNOWN_METHODS:
+            return UasAnswer(405, None, (("Allow", ALLOW),))
+        return UasAnswer(501, None, (("Allow", ALLOW),))
+
+    def _log_refused_invite(self, req: Request, source: tuple[str, int]) -> None:
+        suppressed = self.refusal_log.admit(source[0], self.clock())
+        if suppressed is None:
+            return
+        log.info(
+            "event=sip_invite_refused source=%s port=%d from=%s to=%s user_agent=%s%s",
+            quote_value(source[0]),
+            source[1],
+            quote_value(req.headers.get("From") or "", limit=LOGGED_HEADER_LIMIT),
+            quote_value(req.headers.get("To") or "", limit=LOGGED_HEADER_LIMIT),
+            quote_value(req.headers.get("User-Agent") or "", limit=LOGGED_HEADER_LIMIT),
+            f" suppressed={suppressed}" if suppressed else "",
+        )
 
     def answer(
         self,
@@ -163,3 +251,10 @@ class UserAgent:
             event.request, status, reason, extra=extra or [], body=body
         )
         self.transport.respond(event.transaction, response)
+
+
+def _to_tag(req: Request) -> str | None:
+    try:
+        return req.to_addr().tag
+    except (SipParseError, ValueError):
+        return None

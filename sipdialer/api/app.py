@@ -29,7 +29,10 @@ recording, ``/call.php``) also take ``?token=``. Tokens are compared with
 :func:`hmac.compare_digest` against each configured one.
 
 Every error is JSON ``{"error": "...", ...}``; the access log records the path without the
-query string, so tokens given as ``?token=`` never reach a log.
+query string, so tokens given as ``?token=`` never reach a log. A request aiohttp cannot
+parse (bad request line or header, bad Content-Length, a TLS hello on the HTTP port…) gets
+its 400 and one ``event=http_malformed_request`` line at info — no traceback, at most a
+few a second per client address (:class:`MalformedRequestLog`).
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sipdialer.api import calls as api_calls
 from sipdialer.api import extensions as api_extensions
@@ -51,7 +56,7 @@ from sipdialer.api import metrics as api_metrics
 from sipdialer.api import openapi
 from sipdialer.api import recordings as api_recordings
 from sipdialer.api.context import CONTEXT, ApiContext, json_error
-from sipdialer.logs import quote_value
+from sipdialer.logs import LogThrottle, quote_value
 
 log = logging.getLogger("sipdialer.api")
 access_log = logging.getLogger("sipdialer.http")
@@ -109,7 +114,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: exc.headers[k] for k in _KEEP_HEADERS if k in exc.headers}
         return json_error(exc.status, (exc.reason or "error").lower(), headers=headers)
     except Exception:
-        log.exception("event=api_error method=%s path=%s", request.method, request.rel_url.raw_path)
+        log.exception(
+            "event=api_error method=%s path=%s",
+            quote_value(request.method),
+            quote_value(request.rel_url.raw_path, limit=200),
+        )
         return json_error(500, "internal error")
 
 
@@ -170,6 +179,35 @@ class AccessLogger(AbstractAccessLogger):
             response.body_length,
             time * 1000.0,
             request.remote or "-",
+        )
+
+
+class MalformedRequestLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger aiohttp's request handler reports errors to. A request its parser
+    refused (:class:`~aiohttp.http_exceptions.HttpProcessingError`: anyone can send one,
+    no token needed) becomes one ``event=http_malformed_request`` line at info, without a
+    traceback, at most 5 a second per client address; every other error is logged as
+    aiohttp logs it (with its traceback: that one is a bug)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self.budget = LogThrottle(per_key=5, total=50)
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if not isinstance(exc, HttpProcessingError):
+            super().log(level, msg, *args, **kwargs)
+            return
+        remote = str(args[0]) if args else "-"
+        suppressed = self.budget.admit(remote, time.monotonic())
+        if suppressed is None:
+            return
+        log.info(
+            "event=http_malformed_request remote=%s status=%d error=%s%s",
+            quote_value(remote),
+            exc.code,
+            quote_value(exc.message, limit=200),
+            f" suppressed={suppressed}" if suppressed else "",
         )
 
 
@@ -244,6 +282,7 @@ class ApiServer:
             self.app,
             access_log_class=AccessLogger,
             access_log=access_log,
+            logger=MalformedRequestLog(logging.getLogger("aiohttp.server")),
             shutdown_timeout=5.0,
         )
         await runner.setup()

@@ -69,7 +69,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import ClassVar, Protocol
 
-from sipdialer.aio.useragent import ALLOW, UserAgent
+from sipdialer.aio.useragent import ALLOW, UserAgent, in_dialog_refusal
 from sipdialer.engine.errors import EngineError
 from sipdialer.logs import quote_value
 from sipdialer.sip.address import parse_address, parse_uri, split_commas
@@ -425,13 +425,19 @@ class Leg:
             self._fire(LegInput.BYE_ENDED)
 
     def _on_dialog_request(self, event: RequestReceived) -> None:
+        """A request inside our dialog: the dialog's checks first (481, 500), then the
+        methods we do not act on get :func:`in_dialog_refusal`'s answer (405, 481, 420,
+        501: the table in :mod:`sipdialer.aio.useragent`); the rest go to the table."""
         req = event.request
         dialog = self.dialog
         if dialog is None or req.method == "ACK":
             return
         problem = dialog.receive_request(req)
+        refusal = in_dialog_refusal(req) if problem is None else None
         if problem is not None:
             self.ua.answer(event, problem)
+        elif refusal is not None:  # REFER, SUBSCRIBE, NOTIFY, MESSAGE, PRACK, Require: …
+            self.ua.answer(event, refusal.status, refusal.reason, extra=list(refusal.headers))
         elif req.method == "BYE":
             self.ua.answer(event, 200)
             self._fire(LegInput.RECV_BYE, received=event)

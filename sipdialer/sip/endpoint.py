@@ -19,14 +19,27 @@ What it does on the way in:
 * Matches requests to server transactions (:func:`server_key`: branch + sent-by +
   method, ACK finding its INVITE; Call-ID/CSeq/From-tag/Via for RFC 2543 branches).
   Retransmissions go to their transaction; a new request creates one and is passed up
-  as :class:`RequestReceived`, except that a request :func:`request_problem` refuses is
-  answered (400/416) without bothering the TU. An ACK to a 2xx matches no transaction:
+  as :class:`RequestReceived` — unless it is answered *statelessly* (RFC 3261 §8.2.7,
+  Kamailio's ``sl_send_reply``): a request :func:`request_problem` refuses (400/416),
+  one the UA core's :attr:`SipEndpoint.stateless_policy` answers at once (OPTIONS, a
+  refused INVITE, 405/481/501…), and one that finds the server transaction table full
+  (503 + Retry-After). A stateless answer is sent once per request received and leaves
+  nothing behind: no transaction, no timers, no retransmissions; a retransmitted request
+  is simply answered again. An ACK to a 2xx matches no transaction:
   it stops our 2xx retransmission and is passed up with ``transaction=None``. CANCEL is
   a transaction of its own, passed up; :meth:`find_invite_server_transaction` finds the
   INVITE it cancels.
 * Matches responses to client transactions by branch + CSeq method, after checking that
   the top Via is ours; a 2xx to an INVITE that matches nothing is passed up with
   ``transaction=None`` (so the dialog re-ACKs); other strays are dropped.
+
+Bounded state: the server transaction table holds at most ``max_server_transactions``
+(and at most ``max_server_transactions_per_source`` from one IP, so one flooding source
+cannot take the whole table); beyond that a new request gets a stateless 503 with
+Retry-After (``overload_retry_after`` seconds) and the refusal is logged at most a few
+times a second per source (:class:`~sipdialer.logs.LogThrottle`). Each UDP non-INVITE
+server transaction lives 64·T1 (32 s) after its answer, so without the cap a flood of
+2,000 requests a second would hold 64,000 of them.
 
 On the way out it stamps our Via (fresh branch, ``rport``), Max-Forwards and
 User-Agent on requests, builds CANCELs (§9.1, held back until a provisional arrived)
@@ -43,8 +56,11 @@ import logging
 import re
 import secrets
 from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from sipdialer.logs import LogThrottle, quote_value
 from sipdialer.sip.address import Via, split_commas
 from sipdialer.sip.dialog import Uas2xxRetransmitter
 from sipdialer.sip.errors import SipParseError, SipVersionError
@@ -86,7 +102,7 @@ from sipdialer.sip.transaction import (
     server_key,
 )
 
-__all__ = ["Addr", "Outgoing", "SipEndpoint", "build_cancel"]
+__all__ = ["Addr", "Outgoing", "SipEndpoint", "StatelessPolicy", "UasAnswer", "build_cancel"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +110,26 @@ _NEEDED_TO_ANSWER = ("Via", "From", "To", "Call-ID", "CSeq")
 _LOOKS_LIKE_VIA = re.compile(r"SIP\s*/\s*\d+\.\d+\s*/\s*[A-Za-z]+\s+[\w.\[\]:-]+", re.A)
 Timed = Transaction | Uas2xxRetransmitter
 AckKey = tuple[str, int, str]
+
+MAX_SERVER_TRANSACTIONS = 8192
+"""Default bound on the server transaction table (about 4 kB each: some 35 MB)."""
+MAX_SERVER_TRANSACTIONS_PER_SOURCE = 2048
+"""Default share of the table one source IP may hold."""
+
+
+@dataclass(frozen=True)
+class UasAnswer:
+    """An answer the UA core decided for a request: status, reason (None: the standard
+    phrase) and extra headers (the endpoint adds Via/From/To+tag/Call-ID/CSeq)."""
+
+    status: int
+    reason: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+StatelessPolicy = Callable[[Request, Addr, str], UasAnswer | None]
+"""``policy(request, source, transport)``: the answer to send statelessly to a new request
+(no transaction is created), or None to hand it to the TU in a server transaction."""
 
 
 def sanitise_reason(text: str) -> str:
@@ -158,16 +194,33 @@ class SipEndpoint:
         port: int,
         timers: TimerConfig = DEFAULT_TIMERS,
         user_agent: str = "sipdialer",
+        max_server_transactions: int = MAX_SERVER_TRANSACTIONS,
+        max_server_transactions_per_source: int = MAX_SERVER_TRANSACTIONS_PER_SOURCE,
+        overload_retry_after: int = 5,
     ) -> None:
         self.host = host
         self.port = port
         self.timers = timers
         self.user_agent = user_agent
+        self.max_server_transactions = max_server_transactions
+        """New requests beyond this many live server transactions get a stateless 503."""
+        self.max_server_transactions_per_source = max_server_transactions_per_source
+        """… and beyond this many from one source IP."""
+        self.overload_retry_after = overload_retry_after
+        """Retry-After (seconds) of that 503."""
+        self.stateless_policy: StatelessPolicy | None = None
+        """The UA core's stateless answers (set by the user agent); None: every new
+        request goes to the TU in a transaction."""
         self.stats: Counter[str] = Counter()
         """Counters: ``dropped_*`` for discarded input, ``answered_<status>`` for
-        requests answered without the TU, ``internal_errors`` (always a bug)."""
+        requests answered without the TU (``answered_503`` when the table is full),
+        ``stateless_<status>`` for the stateless policy's answers, ``internal_errors``
+        (always a bug)."""
         self._clients: dict[TransactionKey, ClientTransaction] = {}
         self._servers: dict[TransactionKey, ServerTransaction] = {}
+        self._server_source: dict[TransactionKey, str] = {}
+        self._per_source: Counter[str] = Counter()
+        self._overload_log = LogThrottle(per_key=1, total=10)
         self._ok_retransmitters: dict[AckKey, Uas2xxRetransmitter] = {}
         self._cancel_pending: dict[TransactionKey, str | None] = {}
         self._events: deque[Event] = deque()
@@ -322,7 +375,9 @@ class SipEndpoint:
             self._receive(bytes(data), source, transport.upper(), now)
         except Exception:  # a packet must never take the stack down
             self.stats["internal_errors"] += 1
-            log.exception("internal error handling a message from %s", source)
+            log.exception(
+                "event=sip_internal_error source=%s port=%d", quote_value(source[0]), source[1]
+            )
 
     def transport_error(self, dest: Addr, transport: str, now: float) -> None:
         """``dest`` is unreachable: fail the client transactions still waiting on it."""
@@ -398,36 +453,76 @@ class SipEndpoint:
         problem = request_problem(req)
         if problem is not None or key is None:
             status, reason = problem or (400, "Bad Request")
-            self._answer_problem(req, status, reason, key, addr, transport, now)
+            self._answer_stateless(req, UasAnswer(status, reason), addr, transport)
+            self.stats[f"answered_{status}"] += 1
+            return
+        answer = self._stateless_answer(req, source, transport)
+        if answer is not None:
+            self._answer_stateless(req, answer, addr, transport)
+            self.stats[f"stateless_{answer.status}"] += 1
+            return
+        if self._table_full(source[0], now):
+            retry = (("Retry-After", str(self.overload_retry_after)),)
+            self._answer_stateless(
+                req, UasAnswer(503, "Service Unavailable", retry), addr, transport
+            )
+            self.stats["answered_503"] += 1
             return
         cls = InviteServerTransaction if req.method == "INVITE" else NonInviteServerTransaction
         tx = cls(req, addr, transport, now, self.timers)
         self._servers[key] = tx
+        self._server_source[key] = source[0]
+        self._per_source[source[0]] += 1
         self._events.append(RequestReceived(req, tx, source, transport))
         self._collect(tx)
 
-    def _answer_problem(
-        self,
-        req: Request,
-        status: int,
-        reason: str,
-        key: TransactionKey | None,
-        addr: Addr,
-        transport: str,
-        now: float,
+    def _stateless_answer(self, req: Request, source: Addr, transport: str) -> UasAnswer | None:
+        """Ask the UA core's policy; a policy that fails leaves the request to the TU."""
+        if self.stateless_policy is None:
+            return None
+        try:
+            return self.stateless_policy(req, source, transport)
+        except Exception:  # a bug in the policy must not drop requests
+            self.stats["internal_errors"] += 1
+            log.exception("event=sip_stateless_policy_error method=%s", quote_value(req.method))
+            return None
+
+    def _table_full(self, ip: str, now: float) -> bool:
+        """No room for one more server transaction (in total, or for this source)."""
+        if len(self._servers) >= self.max_server_transactions:
+            scope = "total"
+        elif self._per_source[ip] >= self.max_server_transactions_per_source:
+            scope = "source"
+        else:
+            return False
+        suppressed = self._overload_log.admit(ip, now)
+        if suppressed is not None:
+            log.warning(
+                "event=sip_transactions_full scope=%s source=%s transactions=%d "
+                "from_source=%d limit=%d per_source_limit=%d suppressed=%d",
+                scope,
+                quote_value(ip),
+                len(self._servers),
+                self._per_source[ip],
+                self.max_server_transactions,
+                self.max_server_transactions_per_source,
+                suppressed,
+            )
+        return True
+
+    def _answer_stateless(
+        self, req: Request, answer: UasAnswer, addr: Addr, transport: str
     ) -> None:
-        """Answer a request the UAS core refuses, through a transaction when it has a key
-        (so that retransmissions are re-answered), else statelessly."""
-        response = make_response(req, status, reason, to_tag=self.to_tag_for(req))
-        self.stats[f"answered_{status}"] += 1
-        if key is None:
-            self._outgoing.append(Outgoing(response.to_bytes(), addr, transport))
-            return
-        cls = InviteServerTransaction if req.method == "INVITE" else NonInviteServerTransaction
-        tx = cls(req, addr, transport, now, self.timers)
-        self._servers[key] = tx
-        tx.send_response(response, now)
-        self._collect(tx)
+        """Send ``answer`` to ``req`` without a transaction (RFC 3261 §8.2.7): once, now,
+        with the To tag every answer to this request gets (:meth:`to_tag_for`)."""
+        response = make_response(
+            req,
+            answer.status,
+            answer.reason,
+            to_tag=self.to_tag_for(req),
+            extra=list(answer.headers),
+        )
+        self._outgoing.append(Outgoing(response.to_bytes(), addr, transport))
 
     def _receive_ack(
         self,
@@ -557,6 +652,11 @@ class SipEndpoint:
             self._cancel_pending.pop(tx.key, None)
         elif isinstance(tx, ServerTransaction) and self._servers.get(tx.key) is tx:
             del self._servers[tx.key]
+            ip = self._server_source.pop(tx.key, None)
+            if ip is not None:
+                self._per_source[ip] -= 1
+                if self._per_source[ip] <= 0:
+                    del self._per_source[ip]
         self._scheduled.pop(tx, None)
 
     # ---- output ------------------------------------------------------------------------------

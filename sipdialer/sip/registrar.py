@@ -16,24 +16,56 @@ answers, and no row but the last changes a binding):
     #  condition                                               → answer
     1  source IP cooling down after too many failures          → 403 Forbidden
     2  no Authorization for our realm                          → 401, SHA-256 + MD5 challenges
-    3  nonce not ours (e.g. issued before a restart), or       → 401 with stale=true
-       digest right but nonce stale
-    4  digest wrong: unknown extension, wrong password,        → 401, fresh challenges; the
-       malformed credentials, replayed nonce count                failure counts for the throttle
-    5  authenticated user ≠ user part of the To AOR            → 403 Forbidden
-    6  To unreadable; Contact unreadable or not sip:/sips:;    → 400 Bad Request
+    3  credentials unreadable (no username, nonce or opaque)   → 401, fresh challenges
+                                                                 (not counted)
+    4  challenge not issued to this source IP, nonce not ours  → 401 with stale=true
+       (e.g. before a restart), or digest right but nonce stale   (not counted)
+    5  the claimed username is backing off and the source IP   → 503 + Retry-After (the rest
+       is not one it registered from                             of the back-off; not checked)
+    6  digest wrong: unknown extension, wrong password,        → 401, fresh challenges; the
+       replayed nonce count                                      failure counts for the source
+                                                                 and for the username
+    7  authenticated user ≠ user part of the To AOR            → 403 Forbidden
+    8  To unreadable; Contact unreadable or not sip:/sips:;    → 400 Bad Request
        ``*`` mixed with other contacts or with Expires ≠ 0
-    7  a contact asks for 0 < expires < min_expires            → 423 Interval Too Brief +
+    9  a contact asks for 0 < expires < min_expires            → 423 Interval Too Brief +
                                                                  Min-Expires
-    8  a binding it touches has the same Call-ID and a CSeq    → 400 Invalid CSeq number
+    10 a binding it touches has the same Call-ID and a CSeq    → 400 Invalid CSeq number
        ≥ the request's (out of order; nothing applied)
-    9  otherwise (no Contact at all is a query)                → 200 OK listing every current
+    11 otherwise (no Contact at all is a query)                → 200 OK listing every current
                                                                  contact with ;expires, + Date
 
-An unknown extension and a wrong password take the same rows (2 and 4): same status,
-reason and headers, only the nonce differs, so a scanner (svwar) learns nothing. Once
-``throttle_failures`` failures from one IP fall within ``throttle_window`` seconds, row 1
-answers everything from that IP for ``throttle_cooldown`` seconds (logged once).
+An unknown extension and a wrong password take the same rows (2, 5 and 6): same status,
+reason and headers, only the nonce and opaque differ, so a scanner (svwar) learns
+nothing; unknown usernames back off exactly like extensions.
+
+Throttles (issue 11, point 4). Two limits, because a guesser can rotate source addresses
+and a spoofer can borrow the phone's:
+
+* **Challenges are bound to the source.** Each challenge carries ``opaque`` = HMAC(secret,
+  source IP, nonce), and the nonce holds its issue time under DigestServer's HMAC and
+  lives ``nonce_ttl`` (30 s) only. Credentials whose opaque does not match the IP they
+  arrive from are answered like a stale nonce and *never counted* (row 4). A blind
+  spoofer (UDP from a forged address) never sees a challenge issued to the address it
+  forges, so it cannot make a failure count against the phone's IP or its extension;
+  only a guesser that receives answers at its own address can.
+* **Per source IP:** ``throttle_failures`` counted failures within ``throttle_window``
+  seconds block the IP for ``throttle_cooldown`` seconds (row 1; one
+  ``event=registrar_throttled scope=source`` line per lock-out).
+* **Per username** (extension or unknown name, whatever the source): from the
+  ``extension_failures``-th counted failure on, every further failure makes the username
+  back off ``extension_backoff`` · 2^(n − extension_failures) seconds, at most
+  ``extension_backoff_max`` (1, 2, 4 … 60 s by default: a guesser rotating addresses gets
+  one guess a minute, not 150 in 0.2 s). While it backs off, credentials for it are not
+  even checked (row 5) — unless they come from a source IP that phone registered from
+  (a live binding's, or the last that authenticated): a correct answer from the phone's
+  own address is always accepted, so an attacker elsewhere cannot lock the phone out.
+  One ``event=registrar_throttled scope=extension`` line per back-off; failures are
+  forgotten ``extension_forget`` seconds after the last one.
+
+Every counted failure logs ``event=auth_failed source=IP port=N transport=… ext=…
+reason=…`` (``ext=unknown`` for names that are not extensions): the line fail2ban's
+filter in the README matches.
 
 Lifecycle of one binding (keyed by ``+sip.instance``/``reg-id`` when the phone sends them,
 else by its Contact URI):
@@ -63,15 +95,19 @@ username that is not an extension (people type passwords into username fields).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
-from collections import Counter, deque
+import math
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 
 from sipdialer.logs import quote_value
 from sipdialer.sip.address import Address, parse_address, parse_uri
-from sipdialer.sip.digest import DigestError, DigestServer, parse_auth_params
+from sipdialer.sip.digest import DigestError, DigestServer, parse_auth_params, parse_challenge
 from sipdialer.sip.errors import SipError, SipParseError
 from sipdialer.sip.message import Request, parse_uint
 
@@ -81,6 +117,10 @@ Addr = tuple[str, int]
 
 STORE_VERSION = 1
 MAX_TRACKED_SOURCES = 10_000
+MAX_TRACKED_USERNAMES = 10_000
+"""Usernames with failures remembered (extensions are never forgotten for room)."""
+MAX_USERNAME_KEY = 64
+"""Characters of a claimed username used to key its back-off."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +233,15 @@ class _Source:
     blocked_until: float = 0.0
 
 
+@dataclass
+class _Username:
+    """Counted failures of one claimed username (extension or not), whatever the source."""
+
+    failures: int = 0
+    last_failure: float = 0.0
+    backoff_until: float = 0.0
+
+
 @dataclass(frozen=True)
 class _ContactRequest:
     address: Address
@@ -249,15 +298,21 @@ class Registrar:
         throttle_failures: int = 10,
         throttle_window: float = 60.0,
         throttle_cooldown: float = 300.0,
-        nonce_ttl: float = 300.0,
+        extension_failures: int = 5,
+        extension_backoff: float = 1.0,
+        extension_backoff_max: float = 60.0,
+        extension_forget: float = 900.0,
+        nonce_ttl: float = 30.0,
         algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
         keepalive_interval: float = 25.0,
         keepalive_max_failures: int = 2,
     ) -> None:
         if not 0 < min_expires <= max_expires:
             raise ValueError("need 0 < min_expires <= max_expires")
-        if max_contacts < 1 or throttle_failures < 1:
-            raise ValueError("max_contacts and throttle_failures must be at least 1")
+        if max_contacts < 1 or throttle_failures < 1 or extension_failures < 1:
+            raise ValueError(
+                "max_contacts, throttle_failures and extension_failures must be at least 1"
+            )
         self.extensions = dict(extensions)
         self.realm = realm
         self.min_expires = min_expires
@@ -267,16 +322,27 @@ class Registrar:
         self.throttle_failures = throttle_failures
         self.throttle_window = throttle_window
         self.throttle_cooldown = throttle_cooldown
+        self.extension_failures = extension_failures
+        self.extension_backoff = extension_backoff
+        self.extension_backoff_max = extension_backoff_max
+        self.extension_forget = extension_forget
         self.keepalive_interval = keepalive_interval
         self.keepalive_max_failures = keepalive_max_failures
         self.digest = DigestServer(realm, secret, nonce_ttl=nonce_ttl, algorithms=algorithms)
+        self._binding_key = hmac.new(
+            secret, b"sipdialer registrar source binding", "sha256"
+        ).digest()
         self.generation = 0
         """Bumped on every change of the bindings (the runtime persists when it moves)."""
         self.stats: Counter[str] = Counter()
-        """Counters: ``register_<status>``, ``auth_failed``, ``throttled``, ``unbound_<why>``."""
+        """Counters: ``register_<status>``, ``auth_failed``, ``throttled`` (row 1),
+        ``backing_off`` (row 5), ``foreign_challenge`` (row 4, not issued to the source),
+        ``unbound_<why>``."""
         self._bindings: dict[str, dict[str, Binding]] = {}  # ext -> key -> binding (LRU order)
         self._pings: dict[tuple[str, str], _Ping] = {}
         self._sources: dict[str, _Source] = {}
+        self._usernames: OrderedDict[str, _Username] = OrderedDict()
+        self._last_good_ip: dict[str, str] = {}  # ext -> IP of its last authenticated REGISTER
 
     # ---- queries ------------------------------------------------------------------------
     def is_extension(self, ext: str) -> bool:
@@ -311,12 +377,27 @@ class Registrar:
         return reply
 
     def _handle(self, request: Request, source: Addr, transport: str, now: float) -> Reply:
-        if self._throttled(source[0], now):
+        ip = source[0]
+        if self._throttled(ip, now):
             self.stats["throttled"] += 1
             return Reply(403, "Forbidden")
         credentials = self._credentials(request)
         if credentials is None:
-            return self._challenge(now)
+            return self._challenge(ip, now)
+        try:
+            _, params = parse_auth_params(credentials)
+        except DigestError:
+            params = {}
+        username, nonce = params.get("username"), params.get("nonce")
+        if username is None or not nonce or "opaque" not in params:
+            return self._challenge(ip, now)  # nothing to count a failure against
+        if not hmac.compare_digest(params["opaque"], self._opaque(ip, nonce)):
+            self.stats["foreign_challenge"] += 1
+            return self._challenge(ip, now, stale=True)
+        wait = self._backoff_left(username, ip, now)
+        if wait > 0:
+            self.stats["backing_off"] += 1
+            return Reply(503, "Service Unavailable", (("Retry-After", str(math.ceil(wait))),))
         result = self.digest.verify(
             credentials,
             method="REGISTER",
@@ -326,9 +407,9 @@ class Registrar:
         )
         if not result.ok:
             if result.stale or result.reason == "invalid nonce":
-                return self._challenge(now, stale=True)
-            self._auth_failed(source, result.username, result.reason, now)
-            return self._challenge(now)
+                return self._challenge(ip, now, stale=True)
+            self._auth_failed(source, transport, username, result.reason, now)
+            return self._challenge(ip, now)
         user = result.username or ""
         try:
             aor_user = request.to_addr().sip_uri.user_unescaped
@@ -341,6 +422,7 @@ class Registrar:
                 user,
             )
             return Reply(403, "Forbidden")
+        self._last_good_ip[user] = ip  # the phone's own address from now on
         return self._update(request, user, source, transport, now)
 
     def _credentials(self, request: Request) -> str | None:
@@ -355,9 +437,18 @@ class Registrar:
                 return value
         return None
 
-    def _challenge(self, now: float, *, stale: bool = False) -> Reply:
-        headers = tuple(("WWW-Authenticate", v) for v in self.digest.challenges(now, stale=stale))
+    def _challenge(self, ip: str, now: float, *, stale: bool = False) -> Reply:
+        """401 with one challenge per algorithm, all with one nonce, bound to ``ip``."""
+        values = self.digest.challenges(now, stale=stale)
+        opaque = self._opaque(ip, parse_challenge(values[0]).nonce)
+        headers = tuple(("WWW-Authenticate", f'{v}, opaque="{opaque}"') for v in values)
         return Reply(401, "Unauthorized", headers)
+
+    def _opaque(self, ip: str, nonce: str) -> str:
+        """HMAC(secret, source IP, nonce): what binds a challenge to the address it was
+        sent to (the nonce carries its issue time and DigestServer's own HMAC)."""
+        mac = hmac.new(self._binding_key, f"{ip}\0{nonce}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()[:16]).decode("ascii").rstrip("=")
 
     def _update(
         self, request: Request, ext: str, source: Addr, transport: str, now: float
@@ -519,6 +610,8 @@ class Registrar:
             self._remove(binding, "expired", now)
         for ip in [ip for ip, s in self._sources.items() if self._idle(s, now)]:
             del self._sources[ip]
+        for name in [n for n, c in self._usernames.items() if self._forgotten(c, now)]:
+            del self._usernames[name]
         return gone
 
     # ---- keep-alive ---------------------------------------------------------------------
@@ -567,16 +660,23 @@ class Registrar:
         state = self._sources.get(ip)
         return state is not None and now < state.blocked_until
 
-    def _auth_failed(self, source: Addr, username: str | None, reason: str, now: float) -> None:
+    def _auth_failed(
+        self, source: Addr, transport: str, username: str, reason: str, now: float
+    ) -> None:
+        """A counted failure (from a challenge issued to ``source``): log it, count it for
+        the source IP and for the username; lock either out once over its limit."""
         self.stats["auth_failed"] += 1
-        known = username is not None and username in self.extensions
+        known = username in self.extensions
+        ext = username if known else "unknown"
+        ip, port = source
         log.info(
-            "event=registrar_auth_failed source=%s ext=%s reason=%s",
-            _source_label(source),
-            username if known else "unknown",
+            "event=auth_failed source=%s port=%d transport=%s ext=%s reason=%s",
+            quote_value(ip),
+            port,
+            transport,
+            ext,
             quote_value(reason),
         )
-        ip = source[0]
         state = self._sources.get(ip)
         if state is None:
             if len(self._sources) >= MAX_TRACKED_SOURCES:
@@ -589,16 +689,70 @@ class Registrar:
             state.blocked_until = now + self.throttle_cooldown
             state.failures.clear()
             log.warning(
-                "event=registrar_throttled source=%s failures=%d window=%g cooldown=%g",
-                ip,
+                "event=registrar_throttled scope=source source=%s failures=%d window=%g "
+                "cooldown=%g",
+                quote_value(ip),
                 self.throttle_failures,
                 self.throttle_window,
                 self.throttle_cooldown,
             )
+        claim = self._username(username)
+        if now - claim.last_failure > self.extension_forget:
+            claim.failures = 0
+        claim.failures += 1
+        claim.last_failure = now
+        over = claim.failures - self.extension_failures
+        if over >= 0:
+            backoff = min(self.extension_backoff_max, self.extension_backoff * 2.0 ** min(over, 60))
+            claim.backoff_until = now + backoff
+            log.warning(
+                "event=registrar_throttled scope=extension ext=%s source=%s failures=%d backoff=%g",
+                ext,
+                quote_value(ip),
+                claim.failures,
+                backoff,
+            )
+
+    def _username(self, username: str) -> _Username:
+        """The failure record of a claimed username (created on first use). Room is made
+        by forgetting the oldest name that is not an extension."""
+        key = username[:MAX_USERNAME_KEY]
+        claim = self._usernames.get(key)
+        if claim is not None:
+            self._usernames.move_to_end(key)
+            return claim
+        if len(self._usernames) >= MAX_TRACKED_USERNAMES:
+            victim = next((k for k in self._usernames if k not in self.extensions), None)
+            if victim is not None:
+                del self._usernames[victim]
+        claim = self._usernames[key] = _Username()
+        return claim
+
+    def _backoff_left(self, username: str, ip: str, now: float) -> float:
+        """Seconds the username still backs off for this source IP (0: go ahead). Never
+        for an IP the extension registered from: its phone is not locked out."""
+        claim = self._usernames.get(username[:MAX_USERNAME_KEY])
+        if claim is None or now >= claim.backoff_until:
+            return 0.0
+        if ip in self.phone_ips(username, now):
+            return 0.0
+        return claim.backoff_until - now
+
+    def phone_ips(self, extension: str, now: float) -> set[str]:
+        """The source IPs the extension's phones registered from: every live binding's and
+        that of the last REGISTER that authenticated (empty for unknown names)."""
+        ips = {b.source[0] for b in self.lookup(extension, now)}
+        last = self._last_good_ip.get(extension)
+        if last is not None:
+            ips.add(last)
+        return ips
 
     def _idle(self, state: _Source, now: float) -> bool:
         recent = state.failures and state.failures[-1] > now - self.throttle_window
         return not recent and now >= state.blocked_until
+
+    def _forgotten(self, claim: _Username, now: float) -> bool:
+        return now - claim.last_failure > self.extension_forget and now >= claim.backoff_until
 
     # ---- persistence --------------------------------------------------------------------
     def dump(self) -> dict[str, Any]:
@@ -630,6 +784,8 @@ class Registrar:
                 continue
             self._bindings.setdefault(binding.extension, {})[binding.key] = binding
             restored.append(binding)
+        for binding in sorted(restored, key=lambda b: b.refreshed_at):
+            self._last_good_ip[binding.extension] = binding.source[0]
         udp = [b for b in restored if b.transport == "UDP"]
         for i, binding in enumerate(udp):
             offset = self.keepalive_interval * (i + 1) / (len(udp) + 1)

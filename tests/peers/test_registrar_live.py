@@ -171,11 +171,12 @@ class SipClient:
 
 def registrar_part(response: Response) -> str:
     """What the registrar decides in a response: the status line and every header that is
-    not an echo of the request, nonces masked."""
+    not an echo of the request, nonces (and the opaque binding each to its source) masked."""
     echoes = {"via", "from", "to", "call-id", "cseq", "content-length"}
     lines = [f"{response.status} {response.reason}"]
     lines += [f"{n}: {v}" for n, v in response.headers if n.lower() not in echoes]
-    return re.sub(r'nonce="[^"]*"', 'nonce="…"', "\n".join(lines))
+    masked = re.sub(r'nonce="[^"]*"', 'nonce="…"', "\n".join(lines))
+    return re.sub(r'opaque="[^"]*"', 'opaque="…"', masked)
 
 
 # ---- a real phone ---------------------------------------------------------------------------

@@ -4,12 +4,13 @@ RFC 4475 torture corpus), CANCEL, 2xx retransmission and stray 2xx handling."""
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 import pytest
 
-from sipdialer.sip.endpoint import Outgoing, SipEndpoint
+from sipdialer.sip.endpoint import Outgoing, SipEndpoint, UasAnswer
 from sipdialer.sip.errors import SipParseError
 from sipdialer.sip.events import (
     AckTimeout,
@@ -399,15 +400,17 @@ def test_rfc2543_branchless_requests_are_matched_by_dialog_identifiers() -> None
     assert drain(ep) == [] and event.transaction.state is CONFIRMED
 
 
-def test_request_problem_is_answered_through_a_transaction_without_the_tu() -> None:
+def test_request_problem_is_answered_statelessly_without_the_tu() -> None:
     ep = endpoint()
     data = incoming("OPTIONS", uri="http://example.com/x")
     ep.receive(data, PEER, "UDP", 0.0)
-    ep.receive(data, PEER, "UDP", 0.5)
+    assert ep.server_transactions == ()  # nothing kept for it (RFC 3261 §8.2.7)
+    ep.receive(data, PEER, "UDP", 0.5)  # the retransmission is simply answered again
     assert drain(ep) == []
     out = ep.messages_to_send()
     assert [status_of(o) for o in out] == [416, 416] and out[0].data == out[1].data
-    assert ep.stats["answered_416"] == 1
+    assert ep.stats["answered_416"] == 2
+    assert ep.server_transactions == () and ep.get_timer() is None
     missing = incoming("OPTIONS", branch="z9hG4bKnocallid").replace(b"Call-ID: in-call-1\r\n", b"")
     ep.receive(missing, PEER, "UDP", 1.0)
     (out,) = ep.messages_to_send()
@@ -549,3 +552,109 @@ def test_rfc4475_message_never_raises(path: Path) -> None:
 
 def test_rfc4475_corpus_present() -> None:
     assert len(_corpus()) == 49, f"RFC 4475 corpus not found at {CORPUS}"
+
+
+# ---- bounded state: stateless answers and the server transaction cap (issue 11, point 6) --
+
+
+def test_stateless_policy_answers_without_a_transaction_each_time() -> None:
+    ep = endpoint()
+    asked: list[tuple[str, tuple[str, int], str]] = []
+
+    def policy(req: Request, source: tuple[str, int], transport: str) -> UasAnswer | None:
+        asked.append((req.method, source, transport))
+        if req.method == "OPTIONS":
+            return UasAnswer(200, None, (("Allow", "INVITE, BYE"),))
+        return None
+
+    ep.stateless_policy = policy
+    data = incoming("OPTIONS")
+    ep.receive(data, PEER, "UDP", 0.0)
+    ep.receive(data, PEER, "UDP", 0.5)  # a retransmission is answered again, the same
+    assert drain(ep) == []
+    first, second = ep.messages_to_send()
+    assert first.data == second.data and first.addr == PEER
+    answer = parsed(first)
+    assert isinstance(answer, Response) and answer.status == 200
+    assert answer.headers.get("Allow") == "INVITE, BYE"
+    assert answer.to_addr().tag == ep.to_tag_for(parse_message(data))
+    assert ep.server_transactions == () and ep.get_timer() is None
+    assert ep.stats["stateless_200"] == 2
+    assert asked == [("OPTIONS", PEER, "UDP")] * 2
+    # what the policy leaves alone goes to the TU in a transaction, as before
+    event = receive_new(ep, incoming("BYE", branch="z9hG4bKbye"))
+    assert event.transaction is not None and ep.server_transactions == (event.transaction,)
+
+
+def test_a_failing_policy_leaves_the_request_to_the_tu() -> None:
+    ep = endpoint()
+
+    def broken(req: Request, source: tuple[str, int], transport: str) -> UasAnswer | None:
+        raise RuntimeError("bug")
+
+    ep.stateless_policy = broken
+    event = receive_new(ep, incoming("OPTIONS"))
+    assert event.transaction is not None
+    assert ep.stats["internal_errors"] == 1
+
+
+def flood(ep: SipEndpoint, n: int, source: tuple[str, int], now: float, tag: str) -> list[int]:
+    """``n`` new REGISTERs from ``source``; the statuses answered without the TU."""
+    for i in range(n):
+        ep.receive(incoming("REGISTER", branch=f"z9hG4bK{tag}{i}"), source, "UDP", now)
+    return [status_of(o) for o in ep.messages_to_send()]
+
+
+def test_full_transaction_table_gets_stateless_503_with_retry_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ep = SipEndpoint(
+        host=HOST,
+        port=PORT,
+        max_server_transactions=10,
+        max_server_transactions_per_source=100,
+        overload_retry_after=7,
+    )
+    caplog.set_level(logging.WARNING, logger="sipdialer.sip.endpoint")
+    assert flood(ep, 10, PEER, 0.0, "a") == []
+    events = drain(ep)
+    assert len(events) == 10 and len(ep.server_transactions) == 10
+    for event in events:
+        assert isinstance(event, RequestReceived) and event.transaction is not None
+        ep.respond(event.transaction, ep.response_to(event.request, 200), now=0.1)
+    ep.messages_to_send()
+    assert flood(ep, 50, TRUNK, 0.2, "b") == [503] * 50
+    assert drain(ep) == [] and len(ep.server_transactions) == 10
+    ep.receive(incoming("REGISTER", branch="z9hG4bKb0"), TRUNK, "UDP", 0.3)
+    (out,) = ep.messages_to_send()
+    refusal = parsed(out)
+    assert isinstance(refusal, Response) and refusal.headers.get("Retry-After") == "7"
+    assert ep.stats["answered_503"] == 51
+    lines = [r.getMessage() for r in caplog.records if "sip_transactions_full" in r.getMessage()]
+    assert len(lines) == 1 and "scope=total" in lines[0] and "source=198.51.100.20" in lines[0]
+    # Timer J (64·T1 over UDP) ends the answered ones: the table has room again
+    run(ep, 0.1 + 64 * 0.5 + 0.01)
+    assert ep.server_transactions == ()
+    assert flood(ep, 3, TRUNK, 40.0, "c") == []
+    assert sum(isinstance(e, RequestReceived) for e in drain(ep)) == 3
+
+
+def test_one_source_cannot_take_the_whole_table() -> None:
+    ep = SipEndpoint(
+        host=HOST, port=PORT, max_server_transactions=100, max_server_transactions_per_source=5
+    )
+    assert flood(ep, 5, PEER, 0.0, "a") == []
+    assert flood(ep, 20, PEER, 0.0, "b") == [503] * 20
+    assert flood(ep, 20, ("203.0.113.7", 40001), 0.0, "c") == [503] * 20  # same IP
+    assert flood(ep, 5, TRUNK, 0.0, "d") == []  # another source still gets in
+    assert len(drain(ep)) == 10 and len(ep.server_transactions) == 10
+
+
+def test_retransmission_of_a_request_in_the_table_is_not_refused() -> None:
+    ep = SipEndpoint(host=HOST, port=PORT, max_server_transactions=1)
+    event = receive_new(ep, incoming("REGISTER", branch="z9hG4bKone"))
+    assert event.transaction is not None
+    ep.respond(event.transaction, ep.response_to(event.request, 401), now=0.1)
+    ep.messages_to_send()
+    ep.receive(incoming("REGISTER", branch="z9hG4bKone"), PEER, "UDP", 0.5)
+    assert [status_of(o) for o in ep.messages_to_send()] == [401]  # re-sent by its tx

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
+from sipdialer.logs import _Formatter, quote_value
 from sipdialer.sip.digest import build_authorization, parse_challenge
 from sipdialer.sip.message import Request
 from sipdialer.sip.registrar import Binding, Registrar, Reply
@@ -29,10 +32,12 @@ def challenge_of(reply: Reply, algorithm: str = "SHA-256") -> str:
 
 
 def render(reply: Reply) -> bytes:
-    """The part of the wire response the registrar decides, with nonces masked."""
+    """The part of the wire response the registrar decides, with nonces (and the opaque
+    values binding them to the source) masked."""
     lines = [f"SIP/2.0 {reply.status} {reply.reason}"]
     lines += [f"{n}: {v}" for n, v in reply.headers]
-    return re.sub(r'nonce="[^"]*"', 'nonce="…"', "\r\n".join(lines)).encode()
+    text = re.sub(r'nonce="[^"]*"', 'nonce="…"', "\r\n".join(lines))
+    return re.sub(r'opaque="[^"]*"', 'opaque="…"', text).encode()
 
 
 class Phone:
@@ -251,9 +256,9 @@ def test_auth_failure_log_names_known_extensions_only(caplog: pytest.LogCaptureF
     for user, password in (("1001", "bad-pass-1"), ("7777", "bad-pass-2")):
         p = Phone(reg, user, password)
         p.send(p.request(authorization=p.authorization(p.send(p.request(), T0))), T0)
-    lines = [r.getMessage() for r in caplog.records if "registrar_auth_failed" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "event=auth_failed" in r.getMessage()]
     assert len(lines) == 2
-    assert "ext=1001" in lines[0] and "source=192.0.2.10:40000" in lines[0]
+    assert "ext=1001" in lines[0] and "source=192.0.2.10 port=40000 transport=UDP" in lines[0]
     assert "ext=unknown" in lines[1] and "7777" not in lines[1]
     assert not any("bad-pass" in r.getMessage() for r in caplog.records)
 
@@ -468,7 +473,7 @@ def test_throttle_after_ten_failures_then_cooldown(caplog: pytest.LogCaptureFixt
         assert good.send(right, T0 + 12) == Reply(403, "Forbidden")
     # other IPs are unaffected
     assert Phone(reg).register(T0 + 14).status == 200
-    throttled = [r for r in caplog.records if "registrar_throttled" in r.getMessage()]
+    throttled = [r for r in caplog.records if "registrar_throttled scope=source" in r.getMessage()]
     assert len(throttled) == 1 and "source=198.51.100.7" in throttled[0].getMessage()
     # the cool-down lifts 300 s after the tenth failure
     late = Phone(reg, source=attacker, call_id="later")
@@ -479,13 +484,208 @@ def test_throttle_after_ten_failures_then_cooldown(caplog: pytest.LogCaptureFixt
 def test_failures_spread_over_more_than_the_window_do_not_throttle() -> None:
     reg = make_registrar()
     source = ("198.51.100.8", 5060)
+    # a new (unknown) name each time: the per-username back-off stays out of this test
     for i in range(9):
-        fail_once(reg, source, T0 + i)
+        fail_once(reg, source, T0 + i, user=f"90{i:02d}")
     for i in range(9):
-        assert fail_once(reg, source, T0 + 61 + i).status == 401
+        assert fail_once(reg, source, T0 + 61 + i, user=f"91{i:02d}").status == 401
     assert Phone(reg, source=source).register(T0 + 80).status == 200
     reg.expire(T0 + 10_000)
     assert reg._sources == {}  # idle throttle state is forgotten
+    assert reg._usernames == {}
+
+
+# ---- spoofing and rotating guessers (issue 11, point 4) -----------------------------------
+
+ATTACKER = ("203.0.113.66", 5060)
+
+
+def wrong_guess(
+    reg: Registrar,
+    challenge_from: tuple[str, int],
+    sent_from: tuple[str, int],
+    now: float,
+    password: str = "guess",
+    user: str = "1001",
+) -> Reply:
+    """A REGISTER with wrong credentials answering a challenge fetched at one address
+    and sent from another (the second differs when a spoofer forges the phone's IP)."""
+    fetch = Phone(reg, user, password, source=challenge_from, call_id=f"g{now}")
+    auth = fetch.authorization(fetch.send(fetch.request(), now))
+    forged = Phone(reg, user, password, source=sent_from, call_id=f"g{now}")
+    return forged.send(forged.request(authorization=auth), now)
+
+
+def test_spoofed_failures_lock_out_neither_the_phones_ip_nor_its_extension(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The attacker fetches challenges at its own address and sends wrong answers with the
+    phone's IP forged as their source: none of them counts, and the phone still
+    registers. (Before: ten of them gave the phone's IP 403 for five minutes.)"""
+    reg = make_registrar()
+    caplog.set_level(logging.INFO, logger="sipdialer.registrar")
+    phone = Phone(reg)
+    assert phone.register(T0).status == 200
+    spoofed_from = (ADDR[0], 5999)
+    for i in range(50):
+        reply = wrong_guess(reg, ATTACKER, spoofed_from, T0 + 1 + i * 0.01)
+        assert reply.status == 401 and parse_challenge(challenge_of(reply)).stale
+    assert reg.stats["auth_failed"] == 0 and reg.stats["foreign_challenge"] == 50
+    assert not any("registrar_throttled" in r.getMessage() for r in caplog.records)
+    assert phone.register(T0 + 2).status == 200
+    # a new phone of the same extension at a new address is not held up either
+    moved = Phone(reg, source=("192.0.2.99", 5060), call_id="moved")
+    assert moved.register(T0 + 2).status == 200
+
+
+def test_challenge_from_another_port_of_the_same_ip_is_accepted() -> None:
+    """Bound to the IP, not the port: a NAT may give the answer another port."""
+    reg = make_registrar()
+    phone = Phone(reg, source=(ADDR[0], 40000))
+    auth = phone.authorization(phone.send(phone.request(), T0))
+    assert reg.handle(phone.request(authorization=auth), (ADDR[0], 40001), "UDP", T0).status == 200
+
+
+def test_credentials_without_the_opaque_are_never_counted() -> None:
+    reg = make_registrar()
+    phone = Phone(reg, password="wrong")
+    auth = phone.authorization(phone.send(phone.request(), T0))
+    stripped = re.sub(r', opaque="[^"]*"', "", auth)
+    assert stripped != auth
+    for i in range(20):
+        assert phone.send(phone.request(authorization=stripped), T0 + i).status == 401
+    malformed = 'Digest username="1001", realm="sipdialer", nonce="x"'
+    for i in range(20):
+        assert phone.send(phone.request(authorization=malformed), T0 + 20 + i).status == 401
+    assert reg.stats["auth_failed"] == 0 and reg.stats["throttled"] == 0
+    assert Phone(reg).register(T0 + 41).status == 200
+
+
+def test_nonces_are_short_lived_by_default() -> None:
+    reg = make_registrar()
+    phone = Phone(reg)
+    auth = phone.authorization(phone.send(phone.request(), T0))
+    reply = phone.send(phone.request(authorization=auth), T0 + 31)
+    assert reply.status == 401 and parse_challenge(challenge_of(reply)).stale
+
+
+def test_rotating_guesser_gets_five_guesses_then_is_refused_unchecked() -> None:
+    """25 source addresses, the right password at guess 150, all within 0.15 s: before,
+    guess 150 registered (six guesses per address stay under the per-IP limit); now only
+    five guesses are checked at all and the rest get 503 + Retry-After."""
+    reg = make_registrar()
+    addresses = [(f"198.51.100.{i}", 5060) for i in range(1, 26)]
+    replies = []
+    for i in range(150):
+        source = addresses[i % 25]
+        password = PASSWORDS["1001"] if i == 149 else f"guess-{i}"
+        guesser = Phone(reg, password=password, source=source, call_id=f"rot-{i}")
+        replies.append(guesser.register(T0 + i * 0.001))
+    statuses = Counter(r.status for r in replies)
+    assert statuses == {401: 5, 503: 145}, statuses
+    assert replies[-1].status == 503
+    assert reg.bindings(T0 + 1) == []
+    assert reg.stats["auth_failed"] == 5 and reg.stats["backing_off"] == 145
+    retry = dict(replies[-1].headers)["Retry-After"]
+    assert retry == "1"
+
+
+def test_guesser_that_obeys_retry_after_needs_ten_minutes_for_twenty_guesses() -> None:
+    reg = make_registrar()
+    addresses = [(f"198.51.100.{i}", 5060) for i in range(1, 26)]
+    now, checked, sent = T0, 0, 0
+    while checked < 20:
+        source = addresses[sent % 25]
+        guesser = Phone(reg, password=f"guess-{sent}", source=source, call_id=f"g-{sent}")
+        reply = guesser.register(now)
+        sent += 1
+        if reply.status == 503:
+            now += int(dict(reply.headers)["Retry-After"])
+        else:
+            assert reply.status == 401
+            checked += 1
+    # back-offs after failures 5..19: 1 + 2 + 4 + 8 + 16 + 32 + 9 * 60 s
+    assert now - T0 >= 603
+    assert reg.stats["throttled"] == 0  # no single address did it: the username did
+
+
+def test_phone_at_its_own_address_registers_while_its_extension_backs_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg = make_registrar()
+    caplog.set_level(logging.INFO, logger="sipdialer.registrar")
+    phone = Phone(reg)
+    assert phone.register(T0).status == 200
+    for i in range(12):  # from several addresses, none of them throttled on its own
+        wrong_guess(reg, (f"203.0.113.{i}", 5060), (f"203.0.113.{i}", 5060), T0 + 1 + i * 0.01)
+    locked = [
+        r.getMessage()
+        for r in caplog.records
+        if "registrar_throttled scope=extension" in r.getMessage()
+    ]
+    assert len(locked) == 1 and "ext=1001" in locked[0] and "backoff=1" in locked[0]
+    # the phone's refresh from the address it registered from: accepted at once
+    assert phone.register(T0 + 1.5).status == 200
+    # but not a wrong password from there: that still counts (and is still checked)
+    assert wrong_guess(reg, ADDR, ADDR, T0 + 1.6).status == 401
+    # a phone of 1001 at a new address waits for the back-off, then registers
+    elsewhere = Phone(reg, source=("192.0.2.77", 5060), call_id="elsewhere")
+    refused = elsewhere.register(T0 + 1.7)
+    assert refused.status == 503
+    wait = int(dict(refused.headers)["Retry-After"])
+    assert 1 <= wait <= 2
+    assert elsewhere.register(T0 + 1.7 + wait).status == 200
+    # the other extension was never held up
+    assert (
+        Phone(reg, "1002", source=("192.0.2.78", 5060), call_id="c2").register(T0 + 2).status == 200
+    )
+
+
+def test_backoff_doubles_up_to_its_cap_and_is_forgotten(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg = make_registrar(extension_failures=2, extension_backoff=1, extension_backoff_max=8)
+    caplog.set_level(logging.INFO, logger="sipdialer.registrar")
+    first = ("203.0.113.250", 1)
+    assert wrong_guess(reg, first, first, T0).status == 401  # failure 1: no back-off yet
+    now, waits = T0 + 1, []
+    for i in range(6):
+        source = (f"203.0.113.{i}", 1)
+        assert wrong_guess(reg, source, source, now).status == 401  # checked, counted
+        early = wrong_guess(reg, ("203.0.113.99", 1), ("203.0.113.99", 1), now + 0.001)
+        assert early.status == 503  # refused unchecked while it backs off
+        waits.append(int(dict(early.headers)["Retry-After"]))
+        now += waits[-1]
+    assert waits == [1, 2, 4, 8, 8, 8]
+    lines = [r.getMessage() for r in caplog.records if "scope=extension" in r.getMessage()]
+    backoffs = [value for line in lines for value in re.findall(r"backoff=(\S+)", line)]
+    assert backoffs == ["1", "2", "4", "8", "8", "8"]
+    reg.expire(now + 901)
+    assert reg._usernames == {}
+
+
+def test_unknown_names_back_off_like_extensions() -> None:
+    """No enumeration through the back-off: 503 for an unknown name exactly as for 1001."""
+    reg = make_registrar()
+    replies = {}
+    for user in ("1001", "1009"):
+        for i in range(6):
+            source = (f"203.0.113.{i}", 5060)
+            replies[user] = wrong_guess(reg, source, source, T0 + i * 0.01, user=user)
+    assert replies["1001"] == replies["1009"]
+    assert replies["1001"].status == 503
+
+
+def test_bindings_loaded_from_the_store_make_their_ip_trusted() -> None:
+    reg = make_registrar()
+    Phone(reg).register(T0)
+    restored = make_registrar()
+    restored.load(reg.dump(), T0 + 10)
+    assert restored.phone_ips("1001", T0 + 10) == {ADDR[0]}
+    for i in range(6):
+        source = (f"203.0.113.{i}", 5060)
+        wrong_guess(restored, source, source, T0 + 11 + i * 0.01)
+    assert Phone(restored, call_id="after-restart").register(T0 + 11.5).status == 200
 
 
 # ---- keep-alive -----------------------------------------------------------------------------
@@ -495,9 +695,9 @@ def test_keepalives_for_udp_bindings_and_unreachable_drop() -> None:
     reg = make_registrar(keepalive_interval=25, keepalive_max_failures=2)
     udp = Phone(reg)
     udp.register(T0)
-    tcp = Phone(reg, "1002", call_id="tcp")
+    tcp = Phone(reg, "1002", call_id="tcp", source=("192.0.2.20", 41000))
     auth = tcp.authorization(tcp.send(tcp.request(), T0))
-    reg.handle(tcp.request(authorization=auth), ("192.0.2.20", 41000), "TCP", T0)
+    reg.handle(tcp.request(authorization=auth), tcp.source, "TCP", T0)
     assert reg.keepalive_due(T0 + 24) == []
     [due] = reg.keepalive_due(T0 + 25)
     assert due.extension == "1001"
@@ -561,3 +761,39 @@ def test_load_skips_removed_extensions_and_bad_entries() -> None:
     assert [b.extension for b in fewer.bindings(T0)] == ["1001"]
     with pytest.raises(ValueError):
         fewer.load({"version": 99, "bindings": []}, T0)
+
+
+# ---- fail2ban ---------------------------------------------------------------------------------
+
+
+def readme_failregex() -> re.Pattern[str]:
+    """The failregex of the fail2ban filter in the README, as fail2ban applies it: to the
+    line after the date, with ``<ADDR>`` an IPv4 or IPv6 address."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    (failregex,) = re.findall(r"^failregex = (.*)$", readme, flags=re.M)
+    return re.compile(failregex.replace("<ADDR>", r"(?P<addr>[0-9A-Fa-f:.]+)"))
+
+
+def without_date(line: str) -> str:
+    date = re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", line)
+    assert date is not None, line
+    return line[date.end() :]
+
+
+def test_readme_fail2ban_filter_matches_auth_failures_and_nothing_forged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    reg = make_registrar()
+    for source in (("198.51.100.7", 5060), ("2001:db8::7", 5062)):
+        wrong_guess(reg, source, source, T0)
+    wrong_guess(reg, ("198.51.100.8", 5060), ("198.51.100.8", 5060), T0, user="9999")
+    forged = "x logger=sipdialer.registrar event=auth_failed source=6.6.6.6 port=1 y"
+    logging.getLogger("sipdialer.sip").info(
+        "event=sip_invite_refused source=192.0.2.1 port=5060 from=%s", quote_value(forged)
+    )
+    logging.getLogger("sipdialer.sip").info("event=x from=%s", "a\n" + forged)  # unquoted
+    failregex = readme_failregex()
+    lines = [without_date(_Formatter().format(r)) for r in caplog.records]
+    hits = [m.group("addr") for line in lines if (m := failregex.match(line))]
+    assert hits == ["198.51.100.7", "2001:db8::7", "198.51.100.8"]

@@ -1,0 +1,92 @@
+"""The log line format: values from the network quoted and escaped (:func:`quote_value`),
+control characters never reaching a line raw (the formatter), and the per-key budget of
+lines (:class:`LogThrottle`)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+from sipdialer.logs import LogThrottle, _Formatter, escape_controls, quote_value
+
+NASTY_FROM = '"\x1b[31mAdmin\x00" <sip:x@evil> event=call_state state=bridged\nlevel=error\r\u2028'
+
+
+def fields(line: str) -> list[tuple[str, str]]:
+    """``key=value`` pairs of a line the way a logfmt reader splits them: a value is a
+    double-quoted string with backslash escapes, or runs to the next space."""
+    pattern = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+    return [(m.group(1), m.group(2)) for m in pattern.finditer(line)]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain", "plain"),
+        ("", '""'),
+        ("two words", '"two words"'),
+        ("a=b", '"a=b"'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("back\\slash", '"back\\\\slash"'),
+        ("line\nbreak", '"line\\nbreak"'),
+        ("cr\rlf", '"cr\\rlf"'),
+        ("tab\t", '"tab\\t"'),
+        ("\x1b[2J", '"\\x1b[2J"'),
+        ("nul\x00", '"nul\\x00"'),
+        ("del\x7f", '"del\\x7f"'),
+        ("nel\x85", '"nel\\x85"'),
+        ("sep\u2028", '"sep\\u2028"'),
+        ("bad\udcff", '"bad\\udcff"'),  # an undecodable byte (surrogateescape)
+        ("café", "café"),
+    ],
+)
+def test_quote_value(value: str, expected: str) -> None:
+    assert quote_value(value) == expected
+
+
+def test_quote_value_limit_cuts_long_values() -> None:
+    assert quote_value("x" * 300, limit=10) == "xxxxxxxxxx..."
+    assert quote_value("short", limit=10) == "short"
+
+
+def format_line(message: str, *args: object) -> str:
+    record = logging.LogRecord("sipdialer.sip", logging.INFO, __file__, 1, message, args, None)
+    return _Formatter().format(record)
+
+
+def test_a_quoted_hostile_value_stays_one_field_on_one_line() -> None:
+    line = format_line(
+        "event=sip_invite_refused source=%s from=%s", "192.0.2.1", quote_value(NASTY_FROM)
+    )
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\x00" not in line
+    assert "\u2028" not in line
+    assert [k for k, _ in fields(line)] == ["level", "logger", "event", "source", "from"]
+    assert dict(fields(line))["event"] == "sip_invite_refused"
+
+
+def test_the_formatter_escapes_controls_even_in_unquoted_values() -> None:
+    """Defence in depth: a module that forgot quote_value still cannot forge a line."""
+    line = format_line("event=x from=%s", "a\nlevel=error event=forged\x1b[0m\x00")
+    assert line.count("\n") == 0 and "\x1b" not in line and "\x00" not in line
+    assert line.endswith("from=a\\nlevel=error event=forged\\x1b[0m\\x00")
+    assert escape_controls("ok as is") == "ok as is"
+
+
+def test_log_throttle_per_key_and_total() -> None:
+    throttle = LogThrottle(per_key=2, total=3)
+    assert [throttle.admit("a", 0.0) for _ in range(4)] == [0, 0, None, None]
+    assert throttle.admit("b", 0.1) == 0
+    assert throttle.admit("c", 0.2) is None  # the total for this second is spent
+    assert throttle.admit("a", 1.0) == 2  # a new second: logged, with the two it dropped
+    assert throttle.admit("c", 1.1) == 1
+    assert throttle.suppressed_total == 3
+
+
+def test_log_throttle_forgets_the_least_recent_key() -> None:
+    throttle = LogThrottle(per_key=1, total=100, max_keys=2)
+    throttle.admit("a", 0.0)
+    throttle.admit("b", 0.0)
+    throttle.admit("c", 0.0)  # "a" goes
+    assert throttle.admit("a", 0.0) == 0
