@@ -176,6 +176,7 @@ class Service:
             realm=cfg.realm,
             secret=secrets.token_bytes(32),
             algorithms=cfg.algorithms,
+            extension_algorithms=self.config.extension_algorithms,
             min_expires=cfg.min_expires,
             max_expires=cfg.max_expires,
         )

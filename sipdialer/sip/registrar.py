@@ -101,6 +101,7 @@ import hmac
 import logging
 import math
 from collections import Counter, OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -304,6 +305,7 @@ class Registrar:
         extension_forget: float = 900.0,
         nonce_ttl: float = 30.0,
         algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
+        extension_algorithms: Mapping[str, tuple[str, ...]] | None = None,
         keepalive_interval: float = 25.0,
         keepalive_max_failures: int = 2,
     ) -> None:
@@ -328,7 +330,12 @@ class Registrar:
         self.extension_forget = extension_forget
         self.keepalive_interval = keepalive_interval
         self.keepalive_max_failures = keepalive_max_failures
-        self.digest = DigestServer(realm, secret, nonce_ttl=nonce_ttl, algorithms=algorithms)
+        self.algorithms = tuple(algorithms)
+        self.extension_algorithms = dict(extension_algorithms or {})
+        offered = dict.fromkeys(
+            [*algorithms, *(a for algos in self.extension_algorithms.values() for a in algos)]
+        )
+        self.digest = DigestServer(realm, secret, nonce_ttl=nonce_ttl, algorithms=tuple(offered))
         self._binding_key = hmac.new(
             secret, b"sipdialer registrar source binding", "sha256"
         ).digest()
@@ -383,17 +390,19 @@ class Registrar:
             return Reply(403, "Forbidden")
         credentials = self._credentials(request)
         if credentials is None:
-            return self._challenge(ip, now)
+            return self._challenge(ip, now, ext=_aor_user(request))
         try:
             _, params = parse_auth_params(credentials)
         except DigestError:
             params = {}
         username, nonce = params.get("username"), params.get("nonce")
         if username is None or not nonce or "opaque" not in params:
-            return self._challenge(ip, now)  # nothing to count a failure against
+            return self._challenge(
+                ip, now, ext=_aor_user(request)
+            )  # nothing to count a failure against
         if not hmac.compare_digest(params["opaque"], self._opaque(ip, nonce)):
             self.stats["foreign_challenge"] += 1
-            return self._challenge(ip, now, stale=True)
+            return self._challenge(ip, now, stale=True, ext=_aor_user(request))
         wait = self._backoff_left(username, ip, now)
         if wait > 0:
             self.stats["backing_off"] += 1
@@ -407,14 +416,19 @@ class Registrar:
         )
         if not result.ok:
             if result.stale or result.reason == "invalid nonce":
-                return self._challenge(ip, now, stale=True)
+                return self._challenge(ip, now, stale=True, ext=_aor_user(request))
             self._auth_failed(source, transport, username, result.reason, now)
-            return self._challenge(ip, now)
+            return self._challenge(ip, now, ext=_aor_user(request))
         user = result.username or ""
         try:
             aor_user = request.to_addr().sip_uri.user_unescaped
         except SipParseError:
             return Reply(400, "Bad To")
+        answered_with = (params.get("algorithm") or "MD5").upper()
+        if answered_with not in self._algorithms_for(user):
+            # a phone held to SHA-256 must not be let in by a (weaker) MD5 answer
+            self._auth_failed(source, transport, username, f"algorithm {answered_with}", now)
+            return self._challenge(ip, now, ext=user)
         if aor_user != user:
             log.info(
                 "event=registrar_forbidden source=%s ext=%s reason=aor_mismatch",
@@ -437,9 +451,22 @@ class Registrar:
                 return value
         return None
 
-    def _challenge(self, ip: str, now: float, *, stale: bool = False) -> Reply:
-        """401 with one challenge per algorithm, all with one nonce, bound to ``ip``."""
-        values = self.digest.challenges(now, stale=stale)
+    def _algorithms_for(self, ext: str | None) -> tuple[str, ...]:
+        """The digest algorithms the phone of ``ext`` is challenged with, in order."""
+        if ext is not None and ext in self.extension_algorithms:
+            return self.extension_algorithms[ext]
+        return self.algorithms
+
+    def _challenge(
+        self, ip: str, now: float, *, stale: bool = False, ext: str | None = None
+    ) -> Reply:
+        """401 with one challenge per algorithm the extension gets (``[registrar]
+        algorithms`` or its own), all with one nonce, bound to ``ip``."""
+        by_algorithm = {
+            parse_challenge(v).algorithm.upper(): v
+            for v in self.digest.challenges(now, stale=stale)
+        }
+        values = [by_algorithm[a] for a in self._algorithms_for(ext) if a in by_algorithm]
         opaque = self._opaque(ip, parse_challenge(values[0]).nonce)
         headers = tuple(("WWW-Authenticate", f'{v}, opaque="{opaque}"') for v in values)
         return Reply(401, "Unauthorized", headers)
@@ -797,3 +824,11 @@ class Registrar:
             len(entries) - len(restored),
         )
         return len(restored)
+
+
+def _aor_user(request: Request) -> str | None:
+    """The extension a REGISTER is for (its To user), or None when unreadable."""
+    try:
+        return request.to_addr().sip_uri.user_unescaped
+    except SipParseError:
+        return None

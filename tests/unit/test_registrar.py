@@ -3,6 +3,7 @@ test_registrar_live.py check the same against a real baresip phone and svwar).""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -797,3 +798,22 @@ def test_readme_fail2ban_filter_matches_auth_failures_and_nothing_forged(
     lines = [without_date(_Formatter().format(r)) for r in caplog.records]
     hits = [m.group("addr") for line in lines if (m := failregex.match(line))]
     assert hits == ["198.51.100.7", "2001:db8::7", "198.51.100.8"]
+
+
+def test_per_extension_algorithms_challenge_and_refuse_a_downgrade() -> None:
+    registrar = make_registrar(algorithms=("MD5",), extension_algorithms={"1001": ("SHA-256",)})
+    strict, plain = Phone(registrar, "1001"), Phone(registrar, "1002", algorithm="MD5")
+    challenge = strict.send(strict.request(), T0)
+    offered = [v for n, v in challenge.headers if n == "WWW-Authenticate"]
+    assert len(offered) == 1 and "algorithm=SHA-256" in offered[0]
+    other = plain.send(plain.request(), T0)
+    offered = [v for n, v in other.headers if n == "WWW-Authenticate"]
+    assert len(offered) == 1 and "algorithm=MD5" in offered[0]
+    # 1001 answering its SHA-256 challenge with an MD5 digest is refused (no downgrade)
+    md5 = dataclasses.replace(parse_challenge(challenge_of(challenge, "SHA-256")), algorithm="MD5")
+    auth = build_authorization(
+        md5, method="REGISTER", uri="sip:pbx.test", username="1001", password=PASSWORDS["1001"]
+    )
+    assert strict.send(strict.request(authorization=auth), T0).status == 401
+    assert strict.register(T0 + 1).status == 200  # the SHA-256 answer registers
+    assert plain.register(T0 + 1).status == 200  # and the MD5-only extension with MD5
