@@ -50,6 +50,7 @@ class StandInLeg:
         self.state = LegState.CONFIRMED
         self.final_status: int | None = 200
         self.hangups: list[str | None] = []
+        self.redirects: list[str] = []  # 3xx Contacts followed (the CDR lists them)
 
     def hangup(self, reason: str | None = None) -> None:
         self.hangups.append(reason)
