@@ -6,12 +6,16 @@ A call rings the agent (leg A) first, and only once the agent has answered rings
 callee (leg B); when the callee answers the two are bridged. :class:`Call` is pure: it is
 told what happened (:class:`Ev`) with ``now``, and answers with the actions the engine must
 carry out (:class:`Act`) — it never touches SIP or sockets. It also owns the call's timers
-(ring timeouts per leg, the maximum duration, the RTP inactivity check) as deadlines:
-``get_timer()`` says when to wake it and ``handle_timer(now, last_media)`` turns an expired
-deadline into the matching event. Which deadline runs in which state is a second table,
-:data:`DEADLINES` (state → the timeout events armed on entering it), with their lengths
-from :class:`CallTimers` in :data:`DEADLINE_SECONDS`; the RTP one is pushed back by media
-(:data:`QUIET_DEADLINES`).
+(ring timeouts per leg, the maximum duration, the RTP inactivity check per leg) as
+deadlines: ``get_timer()`` says when to wake it and ``handle_timer(now, last_media)`` turns
+an expired deadline into the matching event. Which deadline runs in which state is a second
+table, :data:`DEADLINES` (state → the timeout events armed on entering it), with their
+lengths from :class:`CallTimers` in :data:`DEADLINE_SECONDS`; the RTP ones are pushed back
+by the media of their own leg (:data:`QUIET_DEADLINES`: event → leg), so one silent leg
+ends the call even while the other talks (FreeSWITCH's and Asterisk's per-channel RTP
+timeout). Ringback to the agent stops when the callee answers (``STOP_RINGBACK`` before
+``BRIDGE``), not when its first packet arrives: a callee that answers and starts media late
+(VAD, NAT) must not leave the agent hearing ringback in a bridged call.
 
 A call ends exactly once. The first terminating event moves it to ``ENDED`` and records
 the :class:`~sipdialer.causes.Ending` (what happened, on which leg, with which SIP status
@@ -27,9 +31,10 @@ raises :class:`CallStateError`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 from sipdialer.engine.causes import Ending, EndingKind, Leg
 from sipdialer.engine.errors import EngineError
@@ -60,7 +65,8 @@ class Ev(StrEnum):
     AGENT_RING_TIMEOUT = "agent_ring_timeout"
     CALLEE_RING_TIMEOUT = "callee_ring_timeout"
     MAX_DURATION = "max_duration"
-    RTP_TIMEOUT = "rtp_timeout"
+    AGENT_RTP_TIMEOUT = "agent_rtp_timeout"  # no RTP from the agent for rtp_timeout
+    CALLEE_RTP_TIMEOUT = "callee_rtp_timeout"  # no RTP from the callee for rtp_timeout
     API_HANGUP = "api_hangup"
     INTERNAL_ERROR = "internal_error"  # we cannot go on (e.g. no RTP ports left)
     SHUTDOWN = "shutdown"  # the service is stopping
@@ -70,6 +76,7 @@ class Act(StrEnum):
     INVITE_AGENT = "invite_agent"
     INVITE_CALLEE = "invite_callee"
     START_RINGBACK = "start_ringback"  # play media/ringback to the agent
+    STOP_RINGBACK = "stop_ringback"  # the callee answered: the agent hears it, not ringback
     RELAY_EARLY_MEDIA = "relay_early_media"  # relay callee → agent (and both ways)
     BRIDGE = "bridge"  # relay both ways and start recording
     HANGUP_AGENT = "hangup_agent"  # CANCEL or BYE, whichever the leg's state needs
@@ -117,7 +124,7 @@ TRANSITIONS: dict[tuple[CallState, Ev], _T] = {
     # ---- the agent is on the line, the callee's phone rings
     (_C, Ev.CALLEE_RINGING): _T(_C),
     (_C, Ev.CALLEE_EARLY_MEDIA): _T(_C, (Act.RELAY_EARLY_MEDIA,)),
-    (_C, Ev.CALLEE_ANSWERED): _T(_B, (Act.BRIDGE,)),
+    (_C, Ev.CALLEE_ANSWERED): _T(_B, (Act.STOP_RINGBACK, Act.BRIDGE)),
     (_C, Ev.CALLEE_FAILED): _T(_E, (Act.HANGUP_AGENT, Act.FINISH), ("rejected", "callee")),
     (_C, Ev.CALLEE_UNREACHABLE): _T(_E, (Act.HANGUP_AGENT, Act.FINISH), ("unreachable", "callee")),
     (_C, Ev.CALLEE_RING_TIMEOUT): _T(
@@ -136,8 +143,11 @@ TRANSITIONS: dict[tuple[CallState, Ev], _T] = {
     (_B, Ev.MAX_DURATION): _T(
         _E, (Act.HANGUP_CALLEE, Act.HANGUP_AGENT, Act.FINISH), ("max_duration", None)
     ),
-    (_B, Ev.RTP_TIMEOUT): _T(
-        _E, (Act.HANGUP_CALLEE, Act.HANGUP_AGENT, Act.FINISH), ("rtp_timeout", None)
+    (_B, Ev.AGENT_RTP_TIMEOUT): _T(
+        _E, (Act.HANGUP_CALLEE, Act.HANGUP_AGENT, Act.FINISH), ("rtp_timeout", "agent")
+    ),
+    (_B, Ev.CALLEE_RTP_TIMEOUT): _T(
+        _E, (Act.HANGUP_CALLEE, Act.HANGUP_AGENT, Act.FINISH), ("rtp_timeout", "callee")
     ),
     (_B, Ev.CALLEE_EARLY_MEDIA): _T(_B),  # a late 183 retransmission: nothing to do
     (_B, Ev.CALLEE_RINGING): _T(_B),
@@ -174,7 +184,8 @@ class CallTimers:
 DEADLINES: dict[CallState, tuple[Ev, ...]] = {
     CallState.AGENT_RINGING: (Ev.AGENT_RING_TIMEOUT,),
     CallState.CALLEE_RINGING: (Ev.CALLEE_RING_TIMEOUT,),
-    CallState.BRIDGED: (Ev.MAX_DURATION, Ev.RTP_TIMEOUT),
+    # both legs silent: the callee's timeout is reported (the leg the trunk bills)
+    CallState.BRIDGED: (Ev.MAX_DURATION, Ev.CALLEE_RTP_TIMEOUT, Ev.AGENT_RTP_TIMEOUT),
 }
 
 #: The length of each deadline, from the call's :class:`CallTimers`.
@@ -182,13 +193,17 @@ DEADLINE_SECONDS: dict[Ev, Callable[[CallTimers], float]] = {
     Ev.AGENT_RING_TIMEOUT: lambda t: t.agent_ring_timeout,
     Ev.CALLEE_RING_TIMEOUT: lambda t: t.callee_ring_timeout,
     Ev.MAX_DURATION: lambda t: t.max_duration,
-    Ev.RTP_TIMEOUT: lambda t: t.rtp_timeout,
+    Ev.AGENT_RTP_TIMEOUT: lambda t: t.rtp_timeout,
+    Ev.CALLEE_RTP_TIMEOUT: lambda t: t.rtp_timeout,
 }
 
-#: Deadlines that media pushes back: once due, such a deadline fires only if no RTP
-#: arrived within its length before ``now``; otherwise it moves to that much after the
-#: last packet (``handle_timer``'s ``last_media``).
-QUIET_DEADLINES: frozenset[Ev] = frozenset({Ev.RTP_TIMEOUT})
+#: Deadlines that media pushes back, each with the leg whose media does: once due, such a
+#: deadline fires only if no RTP arrived from that leg within its length before ``now``;
+#: otherwise it moves to that much after the leg's last packet (``handle_timer``'s
+#: ``last_media[leg]``). Media of the other leg does not count.
+QUIET_DEADLINES: Mapping[Ev, Leg] = MappingProxyType(
+    {Ev.AGENT_RTP_TIMEOUT: "agent", Ev.CALLEE_RTP_TIMEOUT: "callee"}
+)
 
 
 @dataclass
@@ -249,13 +264,16 @@ class Call:
     def get_timer(self) -> float | None:
         return min(self._deadlines.values(), default=None)
 
-    def handle_timer(self, now: float, last_media: float | None = None) -> list[Act]:
-        """Fire the earliest expired deadline. ``last_media`` is when RTP last arrived."""
+    def handle_timer(self, now: float, last_media: Mapping[Leg, float] | None = None) -> list[Act]:
+        """Fire the earliest expired deadline. ``last_media[leg]`` is when RTP last arrived
+        from that leg (a leg missing: nothing known, its quiet deadline fires when due)."""
         for event, at in sorted(self._deadlines.items(), key=lambda kv: kv[1]):
             if at > now:
                 break
-            if event in QUIET_DEADLINES and last_media is not None:
-                quiet_until = last_media + DEADLINE_SECONDS[event](self.timers)
+            leg = QUIET_DEADLINES.get(event)
+            last = None if leg is None or last_media is None else last_media.get(leg)
+            if last is not None:
+                quiet_until = last + DEADLINE_SECONDS[event](self.timers)
                 if quiet_until > now:
                     self._deadlines[event] = quiet_until
                     continue

@@ -78,8 +78,12 @@ ring_timeout (we        19     NO ANSWER                    timeout          sys
 CANCEL)
 api_hangup              16     ANSWERED if bridged,         api_hangup       api
                                else NO ANSWER
-rtp_timeout             41     ANSWERED if bridged,         rtp_timeout      system
-                               else FAILED
+rtp_timeout (one leg    41     ANSWERED if bridged,         rtp_timeout_     system
+sent no RTP for                else FAILED                  agent /
+rtp_timeout)                                                rtp_timeout_
+                                                            callee
+rtp_timeout, no leg     41     ANSWERED if bridged,         rtp_timeout      system
+(older journals)               else FAILED
 max_duration            16     ANSWERED if bridged,         max_duration     system
                                else NO ANSWER
 shutdown (the service   41     ANSWERED if bridged,         shutdown         system
@@ -103,7 +107,11 @@ A BYE from the callee always counts as ANSWERED (a callee can only send BYE afte
 unregistered endpoint (AST_CAUSE_UNREGISTERED); SPEC's "trunk unreachable / not
 registered → 38" is *our* registration with the trunk, which is ``unreachable``.
 RTP inactivity uses 41 NORMAL_TEMPORARY_FAILURE (FreeSWITCH's MEDIA_TIMEOUT is a
-pseudo-cause 604, outside Q.850). A maximum-duration cut is an orderly release: 16.
+pseudo-cause 604, outside Q.850). It is timed per leg, as FreeSWITCH and Asterisk do, and
+the ``end_reason`` names the silent leg (``rtp_timeout_callee``: a dead callee, whom the
+trunk bills; ``rtp_timeout_agent``), as ``agent_hungup``/``callee_hungup`` do; ``end_leg``
+says it too. ``ended_by`` stays ``system``: our timer ended the call, not that party.
+A maximum-duration cut is an orderly release: 16.
 """
 
 from __future__ import annotations
@@ -169,6 +177,8 @@ END_REASONS: tuple[str, ...] = (
     "error",
     "api_hangup",
     "rtp_timeout",
+    "rtp_timeout_agent",
+    "rtp_timeout_callee",
     "max_duration",
     "not_registered",
     "shutdown",
@@ -461,6 +471,9 @@ ENDINGS: dict[tuple[EndingKind, Leg | None], EndingRow] = {
     ("rejected", None): EndingRow(127, FAILED, FAILED, "error", None, by_status=True),
     ("ring_timeout", None): EndingRow(19, NO_ANSWER, NO_ANSWER, "timeout", "system"),
     ("api_hangup", None): EndingRow(16, ANSWERED, NO_ANSWER, "api_hangup", "api"),
+    # one leg sent no RTP for rtp_timeout (the call times each leg on its own)
+    ("rtp_timeout", "agent"): EndingRow(41, ANSWERED, FAILED, "rtp_timeout_agent", "system"),
+    ("rtp_timeout", "callee"): EndingRow(41, ANSWERED, FAILED, "rtp_timeout_callee", "system"),
     ("rtp_timeout", None): EndingRow(41, ANSWERED, FAILED, "rtp_timeout", "system"),
     ("max_duration", None): EndingRow(16, ANSWERED, NO_ANSWER, "max_duration", "system"),
     # the service stopped (SIGTERM) while the call was up

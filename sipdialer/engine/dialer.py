@@ -230,6 +230,9 @@ class CallRunner:
         elif act is Act.START_RINGBACK:
             if bridge is not None:
                 bridge.play_to_a(self.dialer.ringback)
+        elif act is Act.STOP_RINGBACK:
+            if bridge is not None:
+                bridge.play_to_a(None)
         elif act is Act.RELAY_EARLY_MEDIA:
             if bridge is not None:
                 bridge.connect()
@@ -359,9 +362,13 @@ class CallRunner:
 
     def _on_timer(self) -> None:
         self._timer = None
-        last = self.bridge.last_activity() if self.bridge is not None else None
+        bridge = self.bridge
         before = self.call.state
-        acts = self.call.handle_timer(self._now(), last)
+        # each leg's own last packet: one silent leg times out while the other talks
+        acts = self.call.handle_timer(
+            self._now(),
+            None if bridge is None else {"agent": bridge.a.last_rx, "callee": bridge.b.last_rx},
+        )
         if self.call.state is not before:
             self._note_state()
         for act in acts:

@@ -161,7 +161,8 @@ class MediaLeg(asyncio.DatagramProtocol):
     Stats (read freely): ``packets_in``, ``bytes_in``, ``packets_out``,
     ``packets_dropped`` (malformed, foreign source, unknown PT, nowhere to send),
     ``packets_foreign`` (of those, the packets from a source the latch refused),
-    ``last_rx`` (loop time of the last valid packet, the bridge's open time before any),
+    ``last_rx`` (loop time of the last packet of its audio, telephone-event or G.711 PT —
+    what the RTP timeout counts; the bridge's open time before any),
     ``remote`` (where we send: SDP address, then the latched source).
     """
 
@@ -400,12 +401,12 @@ class MediaLeg(asyncio.DatagramProtocol):
         if addr != self._source and not self._admit(addr, b1, seq, ssrc):
             return
         now = self._time()
-        self.last_rx = now
         self.packets_in += 1
         self.bytes_in += n
         if b1 & 0x7F != self._audio_pt:
             self._slow(data, b1, seq, ts, ssrc, start, end, now)
             return
+        self.last_rx = now
         if self._recording:
             self._rec_payload(data[start:end])
             self._rec_codec(self._audio_name)
@@ -474,6 +475,7 @@ class MediaLeg(asyncio.DatagramProtocol):
         peer = self.peer
         pt = b1 & 0x7F
         if pt == self._dtmf_pt:
+            self.last_rx = now
             out_pt = peer._dtmf_pt
             tbl = None
             if out_pt < 0:  # the other side did not offer telephone-event
@@ -481,9 +483,10 @@ class MediaLeg(asyncio.DatagramProtocol):
                 return
         else:
             name = _STATIC_NAME.get(pt)
-            if name is None or self.codec is None:  # CN, unknown PTs
+            if name is None or self.codec is None:  # CN, unknown PTs: not activity either
                 self.packets_dropped += 1
                 return
+            self.last_rx = now
             if self._recording:
                 self._rec_payload(data[start:end])
                 self._rec_codec(name)
@@ -680,7 +683,8 @@ class Bridge:
     def play_to_a(self, samples: npt.NDArray[np.int16] | None) -> None:
         """Loop int16 8 kHz mono ``samples`` to A (ringback); None stops.
 
-        The first packet relayed from B to A stops it by itself.
+        The first packet relayed from B to A stops it by itself; the engine stops it at
+        the callee's answer (a callee may answer long before its first packet).
         """
         if not self._closed:
             self.a.play(samples)

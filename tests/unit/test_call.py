@@ -41,7 +41,7 @@ def test_happy_path_actions_in_order() -> None:
     assert c.handle(Ev.AGENT_ANSWERED, 3) == [Act.START_RINGBACK, Act.INVITE_CALLEE]
     assert c.handle(Ev.CALLEE_RINGING, 4) == []
     assert c.handle(Ev.CALLEE_EARLY_MEDIA, 4.5) == [Act.RELAY_EARLY_MEDIA]
-    assert c.handle(Ev.CALLEE_ANSWERED, 8) == [Act.BRIDGE]
+    assert c.handle(Ev.CALLEE_ANSWERED, 8) == [Act.STOP_RINGBACK, Act.BRIDGE]
     assert c.state is CallState.BRIDGED
     assert c.handle(Ev.CALLEE_BYE, 20, reason=("Q.850;cause=16",)) == [
         Act.HANGUP_AGENT,
@@ -127,10 +127,17 @@ def test_happy_path_actions_in_order() -> None:
         ),
         (
             CallState.BRIDGED,
-            Ev.RTP_TIMEOUT,
+            Ev.AGENT_RTP_TIMEOUT,
             [Act.HANGUP_CALLEE, Act.HANGUP_AGENT, Act.FINISH],
             "rtp_timeout",
-            None,
+            "agent",
+        ),
+        (
+            CallState.BRIDGED,
+            Ev.CALLEE_RTP_TIMEOUT,
+            [Act.HANGUP_CALLEE, Act.HANGUP_AGENT, Act.FINISH],
+            "rtp_timeout",
+            "callee",
         ),
     ],
 )
@@ -153,7 +160,8 @@ def test_ends_exactly_once_whatever_crosses_the_teardown() -> None:
     ending = c.ending
     # both sides BYE at once; API hang-up too; late answers and timers: all absorbed
     late = [Ev.CALLEE_BYE, Ev.API_HANGUP, Ev.CALLEE_ANSWERED, Ev.AGENT_ANSWERED]
-    late += [Ev.MAX_DURATION, Ev.RTP_TIMEOUT, Ev.CALLEE_FAILED, Ev.CALLEE_RING_TIMEOUT]
+    late += [Ev.MAX_DURATION, Ev.AGENT_RTP_TIMEOUT, Ev.CALLEE_RTP_TIMEOUT, Ev.CALLEE_FAILED]
+    late += [Ev.CALLEE_RING_TIMEOUT]
     for ev in late:
         assert c.handle(ev, 11) == []
     assert c.ending is ending and c.state is CallState.ENDED
@@ -202,14 +210,16 @@ def test_callee_ring_timeout_replaces_agent_timer() -> None:
 def test_rtp_timeout_follows_media_activity_and_max_duration() -> None:
     c = call_in(CallState.BRIDGED, now=0.0)
     assert c.get_timer() == 20.0  # rtp_timeout after bridging
-    assert c.handle_timer(20.0, last_media=15.0) == []  # media seen: pushed to 35
+    both = {"agent": 15.0, "callee": 15.0}
+    assert c.handle_timer(20.0, last_media=both) == []  # media seen: pushed to 35
     assert c.get_timer() == 35.0
-    assert c.handle_timer(35.0, last_media=15.0) == [
+    assert c.handle_timer(35.0, last_media=both) == [
         Act.HANGUP_CALLEE,
         Act.HANGUP_AGENT,
         Act.FINISH,
     ]
     assert c.ending is not None and c.ending.kind == "rtp_timeout" and c.ending.bridged
+    assert c.ending.leg == "callee"  # both silent: the callee's timeout is the one reported
 
     c = call_in(CallState.BRIDGED, now=0.0)
     now = 0.0
@@ -217,7 +227,7 @@ def test_rtp_timeout_follows_media_activity_and_max_duration() -> None:
         timer = c.get_timer()
         assert timer is not None
         now = timer
-        c.handle_timer(now, last_media=now)  # media keeps flowing
+        c.handle_timer(now, last_media={"agent": now, "callee": now})  # media keeps flowing
     assert now == 600.0
     assert c.ending is not None and c.ending.kind == "max_duration"
 
@@ -237,7 +247,7 @@ def test_the_deadline_table_is_whole() -> None:
             assert event in DEADLINE_SECONDS
             edge = TRANSITIONS[(state, event)]
             assert edge.to is CallState.ENDED and Act.FINISH in edge.acts
-    assert set(DEADLINE_SECONDS) >= QUIET_DEADLINES
+    assert set(DEADLINE_SECONDS) >= set(QUIET_DEADLINES)
     assert CallState.CREATED not in DEADLINES and CallState.ENDED not in DEADLINES
 
 
@@ -252,7 +262,8 @@ FIELDS = {
     Ev.AGENT_RING_TIMEOUT: "agent_ring_timeout",
     Ev.CALLEE_RING_TIMEOUT: "callee_ring_timeout",
     Ev.MAX_DURATION: "max_duration",
-    Ev.RTP_TIMEOUT: "rtp_timeout",
+    Ev.AGENT_RTP_TIMEOUT: "rtp_timeout",
+    Ev.CALLEE_RTP_TIMEOUT: "rtp_timeout",
 }
 
 
@@ -261,7 +272,7 @@ RUNNING = {
     CallState.CREATED: set(),
     CallState.AGENT_RINGING: {Ev.AGENT_RING_TIMEOUT},
     CallState.CALLEE_RINGING: {Ev.CALLEE_RING_TIMEOUT},
-    CallState.BRIDGED: {Ev.MAX_DURATION, Ev.RTP_TIMEOUT},
+    CallState.BRIDGED: {Ev.MAX_DURATION, Ev.AGENT_RTP_TIMEOUT, Ev.CALLEE_RTP_TIMEOUT},
     CallState.ENDED: set(),
 }
 
@@ -277,10 +288,14 @@ def test_entering_a_state_arms_exactly_its_deadlines(state: CallState, shortest:
     for ev in PATHS[state]:
         c.handle(ev, 50.0)
     assert c.state is state
+    # both legs' media flowing, except the leg whose RTP timeout is the one under test
+    media = {"agent": 55.0, "callee": 55.0}
+    if shortest in QUIET_DEADLINES:
+        del media[QUIET_DEADLINES[shortest]]
     if shortest in RUNNING[state]:
         assert c.get_timer() == 55.0
         assert c.handle_timer(54.9) == []
-        assert Act.FINISH in c.handle_timer(55.0)
+        assert Act.FINISH in c.handle_timer(55.0, media)
         assert c.ending is not None
         assert (c.ending.kind, c.ending.leg) == TRANSITIONS[(state, shortest)].end
     elif RUNNING[state]:
@@ -298,3 +313,55 @@ def test_max_duration_fires_before_rtp_timeout_on_a_tie() -> None:
     assert tied.get_timer() == 20.0
     assert Act.FINISH in tied.handle_timer(20.0)
     assert tied.ending is not None and tied.ending.kind == "max_duration"
+
+
+# ---- per-leg RTP timeout and ringback (issue 12, points 4 and 5) ----------------------------
+def test_a_silent_callee_times_out_while_the_agent_talks() -> None:
+    """The old check took the newest packet of either leg: a talking agent kept a dead
+    callee's call (and its bill) up until max_duration."""
+    c = call_in(CallState.BRIDGED, now=0.0)
+    for now in (20.0, 25.0, 30.0):  # the agent talks all along; the callee never sent RTP
+        acts = c.handle_timer(now, {"agent": now - 0.02, "callee": -3.0})
+        if acts:
+            break
+    assert now == 20.0 and acts == [Act.HANGUP_CALLEE, Act.HANGUP_AGENT, Act.FINISH]
+    assert c.ending is not None
+    assert (c.ending.kind, c.ending.leg, c.ending.bridged) == ("rtp_timeout", "callee", True)
+
+
+def test_a_silent_agent_times_out_while_the_callee_talks() -> None:
+    c = call_in(CallState.BRIDGED, now=0.0)
+    assert c.handle_timer(20.0, {"agent": 12.0, "callee": 19.98}) == []
+    assert c.get_timer() == 32.0  # the agent's deadline: 20 s after its last packet
+    assert c.handle_timer(32.0, {"agent": 12.0, "callee": 31.98}) == [
+        Act.HANGUP_CALLEE,
+        Act.HANGUP_AGENT,
+        Act.FINISH,
+    ]
+    assert c.ending is not None and (c.ending.kind, c.ending.leg) == ("rtp_timeout", "agent")
+
+
+def test_each_leg_s_media_pushes_back_only_its_own_deadline() -> None:
+    c = call_in(CallState.BRIDGED, now=0.0)
+    assert c.handle_timer(20.0, {"agent": 10.0, "callee": 15.0}) == []
+    assert c.get_timer() == 30.0  # agent: 10 + 20; the callee's is 35
+    assert c.handle_timer(30.0, {"agent": 29.0, "callee": 15.0}) == []
+    assert c.get_timer() == 35.0
+    assert c.handle_timer(35.0, {"agent": 34.0, "callee": 15.0}) != []
+    assert c.ending is not None and c.ending.leg == "callee"
+
+
+def test_ringback_stops_at_the_callee_s_answer_before_bridging() -> None:
+    """The answer, not the callee's first packet, ends ringback (VAD/NAT: media may be
+    late or never come)."""
+    for early in (False, True):
+        c = call_in(CallState.CALLEE_RINGING)
+        if early:
+            c.handle(Ev.CALLEE_EARLY_MEDIA, 1.0)
+        acts = c.handle(Ev.CALLEE_ANSWERED, 2.0)
+        assert acts == [Act.STOP_RINGBACK, Act.BRIDGE]
+    assert all(
+        Act.STOP_RINGBACK not in t.acts
+        for k, t in TRANSITIONS.items()
+        if k[1] is not Ev.CALLEE_ANSWERED
+    )

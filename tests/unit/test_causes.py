@@ -244,13 +244,21 @@ def test_sip_reason_does_not_override() -> None:
             Ending(kind="api_hangup", leg="callee", bridged=False),
             Outcome(16, "NORMAL_CLEARING", "NO ANSWER", "api_hangup", "api"),
         ),
-        (
+        (  # per-leg RTP timeout: the end_reason names the silent leg (issue 12.5)
             Ending(kind="rtp_timeout", leg="callee", bridged=True),
-            Outcome(41, "NORMAL_TEMPORARY_FAILURE", "ANSWERED", "rtp_timeout", "system"),
+            Outcome(41, "NORMAL_TEMPORARY_FAILURE", "ANSWERED", "rtp_timeout_callee", "system"),
+        ),
+        (
+            Ending(kind="rtp_timeout", leg="agent", bridged=True),
+            Outcome(41, "NORMAL_TEMPORARY_FAILURE", "ANSWERED", "rtp_timeout_agent", "system"),
         ),
         (
             Ending(kind="rtp_timeout", leg="agent", bridged=False),
-            Outcome(41, "NORMAL_TEMPORARY_FAILURE", "FAILED", "rtp_timeout", "system"),
+            Outcome(41, "NORMAL_TEMPORARY_FAILURE", "FAILED", "rtp_timeout_agent", "system"),
+        ),
+        (  # no leg (an ending from before per-leg timeouts, e.g. a journal): as it was
+            Ending(kind="rtp_timeout", leg=None, bridged=True),
+            Outcome(41, "NORMAL_TEMPORARY_FAILURE", "ANSWERED", "rtp_timeout", "system"),
         ),
         (
             Ending(kind="max_duration", leg=None, bridged=True),
