@@ -109,8 +109,9 @@ registered → 38" is *our* registration with the trunk, which is ``unreachable`
 A leg whose session timer ran out reports a ``bye`` carrying exactly
 :data:`SESSION_EXPIRED_REASON` (the Reason of the BYE it sent); that ending reads as
 ``session_timeout`` (a peer's own BYE carrying that very Reason would read so too — it
-only names its hang-up 41/session_timeout). RTP inactivity uses 41 NORMAL_TEMPORARY_FAILURE (FreeSWITCH's MEDIA_TIMEOUT is a
-pseudo-cause 604, outside Q.850). A maximum-duration cut is an orderly release: 16.
+only names its hang-up 41/session_timeout). RTP inactivity uses 41
+NORMAL_TEMPORARY_FAILURE (FreeSWITCH's MEDIA_TIMEOUT is a pseudo-cause 604, outside
+Q.850). A maximum-duration cut is an orderly release: 16.
 """
 
 from __future__ import annotations

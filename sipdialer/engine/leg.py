@@ -799,10 +799,14 @@ class Leg:
             self._start_session(resp.headers, we_sent_it=True)
         elif resp.status in (408, 481):
             self._fire(LegInput.SESSION_EXPIRED)
-        elif resp.status == 422 and (min_se := _min_se_of(resp.headers)) is not None:
-            if self.session_interval is not None and min_se > self.session_interval:
-                self.session_interval = min_se
-                self._fire(LegInput.SESSION_REFRESH_DUE)
+        elif (
+            resp.status == 422
+            and (min_se := _min_se_of(resp.headers)) is not None
+            and self.session_interval is not None
+            and min_se > self.session_interval
+        ):
+            self.session_interval = min_se  # ask again with the peer's minimum
+            self._fire(LegInput.SESSION_REFRESH_DUE)
 
     def _refused_interval(self, received: RequestReceived) -> bool:
         """A peer's request asking for a session interval under our Min-SE is answered 422

@@ -15,6 +15,7 @@ from typing import cast
 import pytest
 
 from sipdialer.aio.useragent import UserAgent
+from sipdialer.engine.causes import SESSION_EXPIRED_REASON
 from sipdialer.engine.errors import EngineError
 from sipdialer.engine.leg import Leg, LegInput, LegState, LegStateError, LegTarget
 from sipdialer.sip.events import (
@@ -23,7 +24,6 @@ from sipdialer.sip.events import (
     ResponseReceived,
     TransactionTimeout,
 )
-from sipdialer.engine.causes import SESSION_EXPIRED_REASON
 from sipdialer.sip.message import Headers, Request, make_response
 from sipdialer.sip.sdp import AudioOffer, build_sdp
 from sipdialer.sip.transaction import ClientTransaction, ServerTransaction
@@ -566,3 +566,149 @@ def test_a_plain_provisional_is_not_pracked() -> None:
     rig = rig_in(S.CALLING)
     rig.respond(180, extra=(("RSeq", "1"),))  # no Require: 100rel
     assert rig.take_effects() == ["progress"]
+
+
+# ---- session timers (RFC 4028), the timer driven by hand ------------------------------------
+
+
+def answered(
+    session_expires: str | None, allow: str = "INVITE, ACK, BYE, UPDATE", tag: str = "callee-1"
+) -> Rig:
+    """A rig whose leg the peer's 2xx confirmed with that ``Session-Expires`` (None: none)."""
+    rig = rig_in(S.CALLING)
+    extra = [("Allow", allow)]
+    if session_expires is not None:
+        extra.append(("Session-Expires", session_expires))
+    rig.respond(200, tag=tag, extra=tuple(extra))
+    assert rig.leg.state is S.CONFIRMED
+    rig.take_effects()
+    return rig
+
+
+def answer_last(rig: Rig, method: str, status: int, extra: tuple[tuple[str, str], ...]) -> None:
+    tx, owner = rig._last(method)
+    response = make_response(tx.request, status, to_tag="callee-1", extra=list(extra))
+    owner(ResponseReceived(response, cast(ClientTransaction, tx)))
+
+
+def test_our_invite_offers_timers_and_a_2xx_without_session_expires_arms_nothing() -> None:
+    rig = rig_in(S.CALLING)
+    invite = rig._last("INVITE")[0].request
+    assert invite.headers.get("Supported") == "100rel, timer"
+    assert "Session-Expires" not in invite.headers  # we ask for no interval of our own
+    rig.respond(200)
+    assert rig.leg.state is S.CONFIRMED and rig.timers.live is None
+
+
+def test_we_refresh_by_update_at_half_the_interval_and_the_answer_restarts_it() -> None:
+    rig = answered("90;refresher=uac")
+    assert rig.leg.we_refresh and rig.timers.live is not None
+    assert rig.timers.live.delay == 45
+    rig.timers.fire()
+    assert rig.take_effects() == ["UPDATE", "~leg_session_refresh"]
+    update = rig._last("UPDATE")[0].request
+    assert update.headers.get("Session-Expires") == "90;refresher=uac"
+    assert update.body == b""
+    live = rig.timers.live
+    assert live is not None and live.delay == 15  # expiry (60 s) minus the 45 s gone
+    answer_last(rig, "UPDATE", 200, (("Session-Expires", "120;refresher=uac"),))
+    live = rig.timers.live
+    assert live is not None and live.delay == 60 and rig.leg.session_interval == 120
+    assert rig.leg.state is S.CONFIRMED and rig.take_effects() == []
+
+
+def test_without_update_we_refresh_by_reinvite_with_our_sdp_and_ack_its_2xx() -> None:
+    rig = answered("90", allow="INVITE, ACK, BYE")  # no refresher named: the UAC, us
+    assert rig.leg.we_refresh
+    rig.timers.fire()
+    assert rig.take_effects() == ["INVITE", "~leg_session_refresh"]
+    reinvite = rig._last("INVITE")[0].request
+    assert reinvite.body == OFFER and reinvite.headers.get("To", "").endswith("tag=callee-1")
+    answer_last(rig, "INVITE", 200, (("Session-Expires", "90;refresher=uac"),))
+    assert rig.take_effects() == ["ACK"]
+    assert rig.ua.acks[-1].cseq() == (reinvite.cseq()[0], "ACK")
+    live = rig.timers.live
+    assert live is not None and live.delay == 45
+
+
+def test_a_refresh_answered_481_ends_the_session_with_cause_41() -> None:
+    rig = answered("90;refresher=uac")
+    rig.timers.fire()
+    rig.take_effects()
+    answer_last(rig, "UPDATE", 481, ())
+    assert rig.leg.state is S.TERMINATING
+    assert rig.take_effects() == ["~leg_session_expired", "BYE", "~leg_bye_sent", "bye"]
+
+
+@pytest.mark.parametrize(("interval", "bye_after"), [(90, 60.0), (1800, 1768.0), (10, 10 - 10 / 3)])
+def test_a_peer_that_stops_refreshing_gets_a_bye_cause_41(interval: int, bye_after: float) -> None:
+    rig = answered(f"{interval};refresher=uas")
+    assert not rig.leg.we_refresh
+    live = rig.timers.live
+    assert live is not None and live.delay == pytest.approx(bye_after)  # min(32, SE/3) early
+    rig.timers.fire()
+    assert rig.leg.state is S.TERMINATING
+    assert rig.take_effects() == ["~leg_session_expired", "BYE", "~leg_bye_sent", "bye"]
+    bye = rig._last("BYE")[0].request
+    assert bye.headers.get("Reason") == SESSION_EXPIRED_REASON
+    assert rig.listener.bye_reasons == [(SESSION_EXPIRED_REASON,)]
+    rig.bye_answered()
+    assert rig.leg.state is S.TERMINATED and rig.timers.live is None
+
+
+def test_the_peers_refresh_is_answered_with_its_interval_and_restarts_the_timer() -> None:
+    rig = answered("90;refresher=uas")
+    first = rig.timers.live
+    rig.peer_sends("UPDATE", extra=(("Session-Expires", "120"), ("Supported", "timer")))
+    assert rig.take_effects() == ["200 UPDATE"]
+    status, headers = rig.ua.answers[-1]
+    assert status == 200
+    assert headers.get("Session-Expires") == "120;refresher=uac"  # the peer keeps refreshing
+    assert headers.get("Require") == "timer"
+    assert first is not None and first.cancelled
+    live = rig.timers.live
+    assert live is not None and live.delay == 88 and not rig.leg.we_refresh
+    rig.peer_sends(
+        "INVITE", PEER_OFFER, extra=(("Session-Expires", "90;refresher=uas"), ("Require", "timer"))
+    )
+    assert rig.take_effects() == ["200 INVITE", "~leg_reinvite", "media"]
+    status, headers = rig.ua.answers[-1]
+    assert headers.get("Session-Expires") == "90;refresher=uas" and rig.leg.we_refresh
+    live = rig.timers.live
+    assert live is not None and live.delay == 45  # the peer handed the refreshing to us
+
+
+def test_a_refresh_without_session_expires_turns_the_timer_off() -> None:
+    rig = answered("90;refresher=uas")
+    rig.peer_sends("UPDATE")
+    assert rig.take_effects() == ["200 UPDATE"]
+    assert "Session-Expires" not in rig.ua.answers[-1][1]
+    assert rig.timers.live is None and rig.leg.session_interval is None
+
+
+def test_a_peer_request_asking_less_than_our_min_se_gets_422() -> None:
+    rig = answered("90;refresher=uas")
+    first = rig.timers.live
+    rig.peer_sends("UPDATE", extra=(("Session-Expires", "30"),))
+    assert rig.take_effects() == ["422 UPDATE"]
+    assert rig.ua.answers[-1][1].get("Min-SE") == "90"
+    assert rig.timers.live is first  # the interval in force goes on
+
+
+def test_a_422_is_retried_once_with_its_min_se_then_fails() -> None:
+    rig = rig_in(S.CALLING)
+    rig.respond(422, extra=(("Min-SE", "1800"),))
+    assert rig.take_effects() == ["~leg_interval_too_small", "INVITE", "~leg_invite"]
+    invite = rig._last("INVITE")[0].request
+    assert invite.headers.get("Session-Expires") == "1800"
+    assert invite.headers.get("Min-SE") == "1800"
+    rig.respond(422, extra=(("Min-SE", "3600"),))
+    assert rig.leg.state is S.TERMINATED
+    assert rig.take_effects() == ["~leg_failed", "failed 422", "terminated"]
+
+
+def test_hanging_up_cancels_the_session_timer() -> None:
+    rig = answered("90;refresher=uac")
+    timer = rig.timers.live
+    rig.leg.hangup("Q.850;cause=16")
+    assert timer is not None and timer.cancelled and rig.timers.live is None
