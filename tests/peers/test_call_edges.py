@@ -539,7 +539,7 @@ async def test_a_reliable_183_is_pracked_and_its_early_media_relayed(
     await watcher
     assert (p["disposition"], p["end_code"], p["end_reason"]) == ("ANSWERED", 16, "callee_hungup")
     invites = [m for m in trunk.received() if m.startswith("INVITE sip:0820001234@")]
-    assert invites and header(invites[0], "Supported") == "100rel"
+    assert invites and header(invites[0], "Supported") == "100rel, timer"
     pracks = [m for m in trunk.received() if m.startswith("PRACK ")]
     assert len(pracks) == 1, trunk.received_lines()
     invite_seq = header(invites[-1], "CSeq").split()[0]
