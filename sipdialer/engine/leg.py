@@ -619,7 +619,7 @@ class Leg:
         self._adopt(dialog, response)
         log.info("event=leg_answered %s", self.log_ctx)
         self._peer_allows_update = "update" in _options_of(response.headers, "Allow")
-        self._start_session(response.headers, we_sent_it=True)
+        self._start_session(session_expires_of(response.headers), we_sent_it=True)
         self.listener.leg_answered(self, self._sdp_of(response))
 
     def _answered_after_cancel(self, *, response: Response, dialog: Dialog, **_: object) -> None:
@@ -740,10 +740,10 @@ class Leg:
         self.listener.leg_terminated(self)
 
     # ---- the session timer (RFC 4028) --------------------------------------------------------
-    def _start_session(self, headers: Headers, *, we_sent_it: bool) -> None:
+    def _start_session(self, params: tuple[int, str | None] | None, *, we_sent_it: bool) -> None:
         """A 2xx to our (re-)INVITE/UPDATE, or a peer's refresh we answer, sets the interval
-        in force: ``refresher=uac`` names the side that sent the request."""
-        params = session_expires_of(headers)
+        in force (None: no timer): ``refresher=uac`` names the side that sent the request
+        (a 2xx naming none leaves it to us, the UAC: §7.2)."""
         if params is None:
             self.session_interval = None
             self._stop_session_timer()
@@ -796,7 +796,7 @@ class Leg:
         if self.state is not CONFIRMED:
             return
         if resp.status < 300:
-            self._start_session(resp.headers, we_sent_it=True)
+            self._start_session(session_expires_of(resp.headers), we_sent_it=True)
         elif resp.status in (408, 481):
             self._fire(LegInput.SESSION_EXPIRED)
         elif (
@@ -824,12 +824,18 @@ class Leg:
         if self.state is not CONFIRMED:
             return []
         params = session_expires_of(req.headers)
-        self._start_session(req.headers, we_sent_it=False)
         if params is None:
+            self._start_session(None, we_sent_it=False)
             return []
         interval, refresher = params
-        headers = [("Session-Expires", f"{interval};refresher={refresher or 'uac'}")]
-        if "timer" in _options_of(req.headers, "Supported") | _options_of(req.headers, "Require"):
+        peer_has_timers = "timer" in (
+            _options_of(req.headers, "Supported") | _options_of(req.headers, "Require")
+        )
+        if refresher is None:  # ours to choose: the peer if it knows timers, else us (§9)
+            refresher = "uac" if peer_has_timers else "uas"
+        self._start_session((interval, refresher), we_sent_it=False)
+        headers = [("Session-Expires", f"{interval};refresher={refresher}")]
+        if peer_has_timers:
             headers.append(("Require", "timer"))
         return headers
 

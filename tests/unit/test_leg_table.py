@@ -712,3 +712,14 @@ def test_hanging_up_cancels_the_session_timer() -> None:
     timer = rig.timers.live
     rig.leg.hangup("Q.850;cause=16")
     assert timer is not None and timer.cancelled and rig.timers.live is None
+
+
+def test_a_refresh_from_a_peer_without_timer_support_makes_us_the_refresher() -> None:
+    rig = answered("90;refresher=uas")
+    rig.peer_sends("UPDATE", extra=(("Session-Expires", "100"),))  # no Supported: timer
+    assert rig.take_effects() == ["200 UPDATE"]
+    headers = rig.ua.answers[-1][1]
+    assert headers.get("Session-Expires") == "100;refresher=uas"
+    assert "Require" not in headers
+    live = rig.timers.live
+    assert rig.leg.we_refresh and live is not None and live.delay == 50
