@@ -76,8 +76,9 @@ refresher and refresh at half the interval (§10) — an UPDATE without SDP when
 2xx allows UPDATE, else a re-INVITE with our current SDP — and the answer to the refresh
 starts the next interval (a 408/481 or no answer ends the session like an expiry). When the
 peer refreshes, each re-INVITE/UPDATE it sends restarts the interval and our 200 carries
-``Session-Expires`` (its ``refresher``, ``uac`` when it named none) and ``Require: timer``;
-a refresh request without ``Session-Expires`` turns the timer off (§9). If no refresh comes,
+``Session-Expires`` (its ``refresher``; when it named none, the peer if it supports timers,
+else us) and, to a peer that supports timers, ``Require: timer``; a refresh request without
+``Session-Expires`` turns the timer off (§9). If no refresh comes,
 we send BYE with ``Reason: Q.850;cause=41`` at the expiry minus min(32 s, interval / 3)
 (§10) and report it to the call as a BYE carrying :data:`SESSION_EXPIRED_REASON`, which
 :mod:`sipdialer.engine.causes` reads as the ending ``session_timeout``. An interval in a 2xx
