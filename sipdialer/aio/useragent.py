@@ -25,7 +25,8 @@ OPTIONS and INFO, and answers everything else as :func:`in_dialog_refusal` decid
 
     request inside a dialog                        → answer
     Require: an option we do not support           → 420 Bad Extension + Unsupported
-      (any method but BYE, which always ends the call, and ACK/CANCEL, RFC 3261 §8.2.2.3)
+      (any method but BYE, which always ends the call, and ACK/CANCEL, RFC 3261 §8.2.2.3;
+      we support ``timer``, RFC 4028, so a refresh requiring it reaches the leg)
     REFER, SUBSCRIBE, MESSAGE, PUBLISH, REGISTER   → 405 Method Not Allowed + Allow
       (known methods we do not act on: §8.2.1; we transfer nothing, hold no
       subscription and take no messages)
@@ -63,7 +64,9 @@ log = logging.getLogger("sipdialer.sip")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
 ACCEPT = "application/sdp"
-SUPPORTED = ""
+SUPPORTED = "timer"
+"""Options a request may Require of us: ``timer`` (RFC 4028 session timers: the call leg
+answers refreshes and runs the timer). Not ``100rel``: we never send reliable provisionals."""
 KNOWN_METHODS = frozenset(
     "INVITE ACK CANCEL BYE OPTIONS REGISTER INFO UPDATE PRACK SUBSCRIBE NOTIFY REFER "
     "MESSAGE PUBLISH".split()

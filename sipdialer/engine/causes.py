@@ -100,17 +100,25 @@ not_registered          20     FAILED                       not_registered   sys
 (extension agent has
 no binding)
 error (our own fault)   127    FAILED                       error            system
+session_timeout (the    41     ANSWERED if bridged,         session_timeout  system
+peer stopped refreshing        else FAILED
+its session timer, RFC
+4028: we sent the BYE)
 ======================  =====  ===========================  ===============  =========
 
 A BYE from the callee always counts as ANSWERED (a callee can only send BYE after its
 200 OK). ``not_registered`` uses 20 SUBSCRIBER_ABSENT as Asterisk does for an
 unregistered endpoint (AST_CAUSE_UNREGISTERED); SPEC's "trunk unreachable / not
 registered → 38" is *our* registration with the trunk, which is ``unreachable``.
-RTP inactivity uses 41 NORMAL_TEMPORARY_FAILURE (FreeSWITCH's MEDIA_TIMEOUT is a
-pseudo-cause 604, outside Q.850). It is timed per leg, as FreeSWITCH and Asterisk do, and
-the ``end_reason`` names the silent leg (``rtp_timeout_callee``: a dead callee, whom the
-trunk bills; ``rtp_timeout_agent``), as ``agent_hungup``/``callee_hungup`` do; ``end_leg``
-says it too. ``ended_by`` stays ``system``: our timer ended the call, not that party.
+A leg whose session timer ran out reports a ``bye`` carrying exactly
+:data:`SESSION_EXPIRED_REASON` (the Reason of the BYE it sent); that ending reads as
+``session_timeout`` (a peer's own BYE carrying that very Reason would read so too — it
+only names its hang-up 41/session_timeout). RTP inactivity uses 41
+NORMAL_TEMPORARY_FAILURE (FreeSWITCH's MEDIA_TIMEOUT is a pseudo-cause 604, outside
+Q.850). It is timed per leg, as FreeSWITCH and Asterisk do, and the ``end_reason`` names
+the silent leg (``rtp_timeout_callee``: a dead callee, whom the trunk bills;
+``rtp_timeout_agent``), as ``agent_hungup``/``callee_hungup`` do; ``end_leg`` says it too.
+``ended_by`` stays ``system``: our timer ended the call, not that party.
 A maximum-duration cut is an orderly release: 16.
 """
 
@@ -127,6 +135,7 @@ __all__ = [
     "END_REASONS",
     "OTHER_STATUS",
     "Q850_NAMES",
+    "SESSION_EXPIRED_REASON",
     "SIP_STATUSES",
     "EndedBy",
     "Ending",
@@ -157,6 +166,7 @@ EndingKind = Literal[
     "shutdown",
     "crashed",
     "error",
+    "session_timeout",
 ]
 
 ANSWERED = "ANSWERED"
@@ -183,6 +193,7 @@ END_REASONS: tuple[str, ...] = (
     "not_registered",
     "shutdown",
     "crashed",
+    "session_timeout",
 )
 
 # ITU-T Q.850 cause values with FreeSWITCH's names (switch_types.h, SWITCH_CAUSE_*).
@@ -239,6 +250,9 @@ Q850_NAMES: dict[int, str] = {
 }
 
 CAUSE_NORMAL_CLEARING = 16
+#: The Reason of the BYE a leg sends when the peer's session refresh did not come
+#: (RFC 4028 §10), and of the ``bye`` ending it reports: read as ``session_timeout``.
+SESSION_EXPIRED_REASON = 'Q.850;cause=41;text="session timer expired"'
 CAUSE_INTERWORKING = 127
 
 
@@ -483,12 +497,17 @@ ENDINGS: dict[tuple[EndingKind, Leg | None], EndingRow] = {
     ("unreachable", None): EndingRow(38, CONGESTION, CONGESTION, "congestion", "system"),
     ("not_registered", None): EndingRow(20, FAILED, FAILED, "not_registered", "system"),
     ("error", None): EndingRow(127, FAILED, FAILED, "error", "system"),
+    # the peer stopped refreshing its session timer (RFC 4028 §10): our BYE, cause 41
+    ("session_timeout", None): EndingRow(41, ANSWERED, FAILED, "session_timeout", "system"),
 }
 
 
 def _table(ending: Ending) -> tuple[int, str, str, EndedBy]:
     """(cause, disposition, end_reason, ended_by) before any Reason header override."""
-    row = ENDINGS.get((ending.kind, ending.leg)) or ENDINGS.get((ending.kind, None))
+    kind = ending.kind
+    if kind == "bye" and SESSION_EXPIRED_REASON in ending.reason:
+        kind = "session_timeout"
+    row = ENDINGS.get((kind, ending.leg)) or ENDINGS.get((kind, None))
     if row is None:  # a kind this table does not know
         row = ENDINGS[("error", None)]
     disposition = row.if_bridged if ending.bridged else row.if_not_bridged

@@ -24,6 +24,8 @@ INVITE is still pending) and must find the new state.
       proceeding
     calling,      3xx with a Contact we may follow       → calling       INVITE the Contact
       proceeding    (same host or the trunk, ≤ 3 times)
+    calling,      422 with a Min-SE, the first one       → calling       INVITE again asking
+      proceeding                                                          that interval
     calling,      other 3xx–6xx                          → terminated    tell the call: failed
       proceeding
     calling,      timeout, transport error               → terminated    tell the call:
@@ -31,7 +33,7 @@ INVITE is still pending) and must find the new state.
     calling,      hangup()                               → cancelling    CANCEL (sent with the
       proceeding                                                          first 1xx if none yet)
     cancelling    2xx (crossed our CANCEL)               → terminating   BYE
-    cancelling    3xx–6xx (the 487), timeout             → terminated
+    cancelling    3xx–6xx (the 487, a 422), timeout      → terminated
     confirmed     hangup()                               → terminating   BYE
     confirmed     BYE from the peer                      → terminated    tell the call
     terminating   BYE from the peer (crossed ours)       → terminated
@@ -40,6 +42,11 @@ INVITE is still pending) and must find the new state.
                                                                           call (media moved)
     confirmed,    OPTIONS / INFO, UPDATE or re-INVITE    → same          200 (+ our SDP to a
       terminating   without SDP                                           re-INVITE)
+    confirmed     session refresh due (we refresh)       → confirmed     UPDATE (re-INVITE
+                                                                          with our SDP if the
+                                                                          peer lacks UPDATE)
+    confirmed     session expired (no refresh came)      → terminating   BYE (cause 41); tell
+                                                                          the call
     confirmed,    2xx of another fork                    → same          BYE it
       terminating,
       terminated
@@ -58,18 +65,40 @@ RFC 3262) is PRACKed in its early dialog (once per RSeq; retransmissions are dis
 and its SDP is early media like any 18x's. An input from the network that a state does not
 list is absorbed (a 1xx after our CANCEL, a late final of another fork, the answer to a
 BYE of another fork); ``invite()`` outside idle raises :class:`LegStateError`.
+
+Session timers (RFC 4028)
+-------------------------
+Our INVITEs say ``Supported: timer``; they ask for no interval until a 422 tells us the
+smallest one the peer takes (then once more with ``Session-Expires`` = its ``Min-SE``). A
+2xx with ``Session-Expires`` starts the leg's one timer (:attr:`Leg.call_later`, cancelled
+as soon as the leg leaves confirmed): when ``refresher=uac`` (or none is named) we are the
+refresher and refresh at half the interval (§10) — an UPDATE without SDP when the peer's
+2xx allows UPDATE, else a re-INVITE with our current SDP — and the answer to the refresh
+starts the next interval (a 408/481 or no answer ends the session like an expiry). When the
+peer refreshes, each re-INVITE/UPDATE it sends restarts the interval and our 200 carries
+``Session-Expires`` (its ``refresher``; when it named none, the peer if it supports timers,
+else us) and, to a peer that supports timers, ``Require: timer``; a refresh request without
+``Session-Expires`` turns the timer off (§9). If no refresh comes,
+we send BYE with ``Reason: Q.850;cause=41`` at the expiry minus min(32 s, interval / 3)
+(§10) and report it to the call as a BYE carrying :data:`SESSION_EXPIRED_REASON`, which
+:mod:`sipdialer.engine.causes` reads as the ending ``session_timeout``. An interval in a 2xx
+is taken as given (it is the peer's to choose, §7.2); a peer *request* asking for less than
+:data:`MIN_SESSION_EXPIRES` gets 422 with our ``Min-SE`` (§9).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import ClassVar, Protocol
 
 from sipdialer.aio.useragent import ALLOW, UserAgent, in_dialog_refusal
+from sipdialer.engine.causes import SESSION_EXPIRED_REASON
 from sipdialer.engine.errors import EngineError
 from sipdialer.logs import quote_value
 from sipdialer.sip.address import parse_address, parse_uri, split_commas
@@ -91,6 +120,59 @@ log = logging.getLogger("sipdialer.leg")
 
 #: 3xx responses a leg follows at most (RFC 3261 §8.1.3.4 leaves the count to us).
 MAX_REDIRECTS = 3
+#: The smallest session interval (seconds) we accept in a peer's request: our Min-SE
+#: (RFC 4028 §4 and §5: 90 s is the floor every implementation must accept).
+MIN_SESSION_EXPIRES = 90
+#: How long before the expiry the side that does not refresh sends its BYE, at most
+#: (RFC 4028 §10: min(32 s, a third of the interval)).
+BYE_BEFORE_EXPIRY = 32.0
+
+
+class TimerHandle(Protocol):
+    """What :attr:`Leg.call_later` returns: something to cancel (an asyncio TimerHandle)."""
+
+    def cancel(self) -> None: ...
+
+
+CallLater = Callable[[float, Callable[[], None]], TimerHandle]
+
+
+def _loop_call_later(delay: float, callback: Callable[[], None]) -> TimerHandle:
+    """The default :attr:`Leg.call_later`: the running loop's (legs live in the loop)."""
+    return asyncio.get_running_loop().call_later(delay, callback)
+
+
+def session_expires_of(headers: Headers) -> tuple[int, str | None] | None:
+    """(interval, refresher) of a ``Session-Expires`` header (RFC 4028 §4), refresher
+    ``uac``/``uas`` or None; None when there is no usable header."""
+    value = headers.get("Session-Expires")
+    if not value:
+        return None
+    first, *params = (p.strip() for p in value.split(";"))
+    try:
+        interval = int(first)
+    except ValueError:
+        return None
+    if interval <= 0:
+        return None
+    refresher = None
+    for param in params:
+        name, _, val = param.partition("=")
+        if name.strip().lower() == "refresher" and val.strip().lower() in ("uac", "uas"):
+            refresher = val.strip().lower()
+    return interval, refresher
+
+
+def _min_se_of(headers: Headers) -> int | None:
+    try:
+        value = int((headers.get("Min-SE") or "").split(";")[0].strip())
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def _options_of(headers: Headers, name: str) -> set[str]:
+    return {v.strip().lower() for line in headers.get_all(name) for v in split_commas(line)}
 
 
 def _ignore(_: Event) -> None:
@@ -123,6 +205,7 @@ class LegInput(Enum):
     RECV_2XX = "2xx to the INVITE making a new dialog"
     RECV_CHALLENGE = "401/407 to the INVITE that we can answer"
     RECV_REDIRECT = "3xx to the INVITE with a Contact we may follow"
+    RECV_INTERVAL_TOO_SMALL = "422 to the INVITE with a Min-SE, the first one"
     RECV_FAILURE = "3xx-6xx to the INVITE"
     INVITE_UNANSWERED = "INVITE timed out or could not be sent"
     # from our BYE's transaction
@@ -131,6 +214,9 @@ class LegInput(Enum):
     RECV_BYE = "BYE from the peer"
     RECV_REOFFER = "re-INVITE or UPDATE with SDP"
     RECV_REQUEST = "other in-dialog request"
+    # from the leg's session timer (RFC 4028)
+    SESSION_REFRESH_DUE = "half the session interval passed: we refresh"
+    SESSION_EXPIRED = "the peer's refresh did not come (or ours failed)"
 
 
 PROGRAM_INPUTS = frozenset({LegInput.INVITE, LegInput.HANGUP})
@@ -186,6 +272,7 @@ class Leg:
             LegInput.RECV_1XX: (PROCEEDING, "progress"),
             LegInput.RECV_CHALLENGE: (CALLING, "invite_with_digest"),
             LegInput.RECV_REDIRECT: (CALLING, "follow_redirect"),
+            LegInput.RECV_INTERVAL_TOO_SMALL: (CALLING, "invite_with_min_se"),
             LegInput.RECV_2XX: (CONFIRMED, "answered"),
             LegInput.RECV_FAILURE: (TERMINATED, "failed"),
             LegInput.INVITE_UNANSWERED: (TERMINATED, "unreachable"),
@@ -195,6 +282,7 @@ class Leg:
             LegInput.RECV_1XX: (PROCEEDING, "progress"),
             LegInput.RECV_CHALLENGE: (PROCEEDING, "invite_with_digest"),
             LegInput.RECV_REDIRECT: (CALLING, "follow_redirect"),
+            LegInput.RECV_INTERVAL_TOO_SMALL: (CALLING, "invite_with_min_se"),
             LegInput.RECV_2XX: (CONFIRMED, "answered"),
             LegInput.RECV_FAILURE: (TERMINATED, "failed"),
             LegInput.INVITE_UNANSWERED: (TERMINATED, "unreachable"),
@@ -204,6 +292,7 @@ class Leg:
             LegInput.RECV_2XX: (TERMINATING, "answered_after_cancel"),
             LegInput.RECV_CHALLENGE: (TERMINATED, "cancelled"),
             LegInput.RECV_REDIRECT: (TERMINATED, "cancelled"),
+            LegInput.RECV_INTERVAL_TOO_SMALL: (TERMINATED, "cancelled"),
             LegInput.RECV_FAILURE: (TERMINATED, "cancelled"),
             LegInput.INVITE_UNANSWERED: (TERMINATED, "unanswered_after_cancel"),
             LegInput.HANGUP: (CANCELLING, None),
@@ -214,6 +303,8 @@ class Leg:
             LegInput.RECV_REOFFER: (CONFIRMED, "answer_reoffer"),
             LegInput.RECV_REQUEST: (CONFIRMED, "answer_request"),
             LegInput.RECV_2XX: (CONFIRMED, "bye_other_fork"),
+            LegInput.SESSION_REFRESH_DUE: (CONFIRMED, "send_refresh"),
+            LegInput.SESSION_EXPIRED: (TERMINATING, "session_expired"),
         },
         TERMINATING: {
             LegInput.BYE_ENDED: (TERMINATED, "report_end"),
@@ -239,6 +330,7 @@ class Leg:
         sdp_offer: bytes,
         answer_reinvite: ReinviteAnswerer,
         call_tag: str = "",
+        call_later: CallLater = _loop_call_later,
     ) -> None:
         self.name = name
         self.ua = ua
@@ -264,6 +356,15 @@ class Leg:
         self._rseq: dict[str, int] = {}  # to-tag → highest RSeq PRACKed
         self.redirects: list[str] = []
         """Request-URIs we followed 3xx responses to, in order (for the CDR)."""
+        self.call_later = call_later
+        """Arms the session timer: ``call_later(seconds, callback)`` → a handle to cancel."""
+        self.session_interval: int | None = None
+        """The session interval in force (RFC 4028), None while there is none."""
+        self.we_refresh = False
+        """Whether we are the refresher of the current interval."""
+        self._session_timer: TimerHandle | None = None
+        self._asked_interval: int | None = None  # Session-Expires our INVITE asks (after 422)
+        self._peer_allows_update = False
 
     # ---- commands from the call ----------------------------------------------------------
     def invite(self) -> None:
@@ -285,6 +386,8 @@ class Leg:
                 )
             return  # absorbed
         self.state, action = row[event]
+        if self.state is not CONFIRMED:
+            self._stop_session_timer()
         if action is not None:
             getattr(self, f"_{action}")(**payload)
 
@@ -314,6 +417,8 @@ class Leg:
                 self._fire(LegInput.RECV_2XX, response=resp, dialog=dialog)
         elif status in (401, 407) and self._can_answer(resp):
             self._fire(LegInput.RECV_CHALLENGE, response=resp)
+        elif status == 422 and self._asked_interval is None and _min_se_of(resp.headers):
+            self._fire(LegInput.RECV_INTERVAL_TOO_SMALL, response=resp)
         elif status < 400 and (uri := self._redirect_target(resp)) is not None:
             self._fire(LegInput.RECV_REDIRECT, response=resp, uri=uri)
         else:
@@ -459,10 +564,13 @@ class Leg:
                 ("CSeq", f"{self.cseq} INVITE"),
                 ("Contact", f"<{t.contact_uri}>"),
                 ("Allow", ALLOW),
-                ("Supported", "100rel"),
+                ("Supported", "100rel, timer"),
                 ("Content-Type", "application/sdp"),
             ]
         )
+        if self._asked_interval is not None:
+            headers.add("Session-Expires", str(self._asked_interval))
+            headers.add("Min-SE", str(self._asked_interval))
         for name, value in t.extra_headers:
             headers.add(name, value)
         if self._auth is not None:
@@ -487,6 +595,12 @@ class Leg:
         self._auth_tries += 1
         self._send_invite()
 
+    def _invite_with_min_se(self, *, response: Response, **_: object) -> None:
+        """422 Session Interval Too Small (RFC 4028 §7.4): ask once more with its Min-SE."""
+        self._asked_interval = _min_se_of(response.headers)
+        log.info("event=leg_interval_too_small %s min_se=%s", self.log_ctx, self._asked_interval)
+        self._send_invite()
+
     def _follow_redirect(self, *, response: Response, uri: str, **_: object) -> None:
         log.info(
             "event=leg_redirected %s status=%d to=%s",
@@ -505,6 +619,8 @@ class Leg:
     def _answered(self, *, response: Response, dialog: Dialog, **_: object) -> None:
         self._adopt(dialog, response)
         log.info("event=leg_answered %s", self.log_ctx)
+        self._peer_allows_update = "update" in _options_of(response.headers, "Allow")
+        self._start_session(session_expires_of(response.headers), we_sent_it=True)
         self.listener.leg_answered(self, self._sdp_of(response))
 
     def _answered_after_cancel(self, *, response: Response, dialog: Dialog, **_: object) -> None:
@@ -556,6 +672,8 @@ class Leg:
         self._report_end()
 
     def _answer_reoffer(self, *, received: RequestReceived, **_: object) -> None:
+        if self._refused_interval(received):
+            return
         try:
             offer = parse_sdp(received.request.body)
         except SdpError:
@@ -566,18 +684,54 @@ class Leg:
             self.ua.answer(received, 488)
             return
         extra = [("Contact", f"<{self.target.contact_uri}>"), ("Content-Type", "application/sdp")]
+        extra += self._peer_refreshed(received.request)
         self.ua.answer(received, 200, extra=extra, body=body)
         log.info("event=leg_reinvite %s direction=%s", self.log_ctx, offer.direction)
         self.listener.leg_media_changed(self, offer)
 
     def _answer_request(self, *, received: RequestReceived, **_: object) -> None:
+        if self._refused_interval(received):
+            return
         extra = [("Allow", ALLOW)]
         body = b""
         if received.request.method == "INVITE":
             body = self.answer_reinvite(None) or b""
             extra.append(("Content-Type", "application/sdp"))
         extra.append(("Contact", f"<{self.target.contact_uri}>"))
+        extra += self._peer_refreshed(received.request)
         self.ua.answer(received, 200, extra=extra, body=body)
+
+    def _send_refresh(self, **_: object) -> None:
+        """We are the refresher and half the interval has passed (RFC 4028 §10)."""
+        dialog = self.dialog
+        assert dialog is not None and self.session_interval is not None
+        extra = [
+            ("Session-Expires", f"{self.session_interval};refresher=uac"),
+            ("Supported", "timer"),
+        ]
+        if self._peer_allows_update:
+            request = dialog.create_request("UPDATE", extra=extra)
+        else:
+            body = self.answer_reinvite(None) or self.sdp_offer
+            extra += [("Allow", ALLOW), ("Content-Type", "application/sdp")]
+            request = dialog.create_request("INVITE", body=body, extra=extra)
+        self.ua.send_request(
+            request, self._next_hop(dialog), self.target.transport, self._on_refresh_tx
+        )
+        # until its answer starts the next interval, the session runs out as it would
+        self._arm_session_timer(self._expiry_delay() - self.session_interval / 2)
+        log.info(
+            "event=leg_session_refresh %s method=%s interval=%d",
+            self.log_ctx,
+            request.method,
+            self.session_interval,
+        )
+
+    def _session_expired(self, **_: object) -> None:
+        assert self.dialog is not None
+        log.info("event=leg_session_expired %s interval=%s", self.log_ctx, self.session_interval)
+        self._bye_dialog(self.dialog, SESSION_EXPIRED_REASON)
+        self.listener.leg_bye(self, (SESSION_EXPIRED_REASON,))
 
     def _report_end(self, **_: object) -> None:
         """The leg has ended: forget its 2xx hook and dialog, and tell the call."""
@@ -585,6 +739,106 @@ class Leg:
         if self.dialog is not None:
             self.ua.remove_dialog(self.dialog.call_id, self.dialog.local_tag)
         self.listener.leg_terminated(self)
+
+    # ---- the session timer (RFC 4028) --------------------------------------------------------
+    def _start_session(self, params: tuple[int, str | None] | None, *, we_sent_it: bool) -> None:
+        """A 2xx to our (re-)INVITE/UPDATE, or a peer's refresh we answer, sets the interval
+        in force (None: no timer): ``refresher=uac`` names the side that sent the request
+        (a 2xx naming none leaves it to us, the UAC: §7.2)."""
+        if params is None:
+            self.session_interval = None
+            self._stop_session_timer()
+            return
+        self.session_interval, refresher = params
+        self.we_refresh = (refresher or "uac") == ("uac" if we_sent_it else "uas")
+        if self.we_refresh:
+            self._arm_session_timer(self.session_interval / 2, LegInput.SESSION_REFRESH_DUE)
+        else:
+            self._arm_session_timer(self._expiry_delay())
+
+    def _expiry_delay(self) -> float:
+        """From the start of an interval to our BYE if no refresh comes (§10)."""
+        assert self.session_interval is not None
+        interval = self.session_interval
+        return interval - min(BYE_BEFORE_EXPIRY, interval / 3)
+
+    def _arm_session_timer(self, delay: float, event: LegInput = LegInput.SESSION_EXPIRED) -> None:
+        self._stop_session_timer()
+        self._session_timer = self.call_later(max(delay, 0.0), lambda: self._session_due(event))
+
+    def _session_due(self, event: LegInput) -> None:
+        self._session_timer = None
+        self._fire(event)
+
+    def _stop_session_timer(self) -> None:
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+            self._session_timer = None
+
+    def _on_refresh_tx(self, event: Event) -> None:
+        """The answer to our refresh: a 2xx starts the next interval (and a re-INVITE's is
+        ACKed); 408, 481 or no answer end the session (RFC 4028 §10); a 422 asks again
+        with its Min-SE; any other failure leaves the expiry armed."""
+        if isinstance(event, TransactionTimeout | TransportError):
+            if self.state is CONFIRMED:
+                self._fire(LegInput.SESSION_EXPIRED)
+            return
+        if not isinstance(event, ResponseReceived) or self.dialog is None:
+            return
+        resp = event.response
+        try:
+            seq, method = resp.cseq()
+        except SipParseError:
+            return
+        if resp.status < 200:
+            return
+        if method == "INVITE" and resp.status < 300:
+            self._send_ack(self.dialog.create_ack(seq))
+        if self.state is not CONFIRMED:
+            return
+        if resp.status < 300:
+            self._start_session(session_expires_of(resp.headers), we_sent_it=True)
+        elif resp.status in (408, 481):
+            self._fire(LegInput.SESSION_EXPIRED)
+        elif (
+            resp.status == 422
+            and (min_se := _min_se_of(resp.headers)) is not None
+            and self.session_interval is not None
+            and min_se > self.session_interval
+        ):
+            self.session_interval = min_se  # ask again with the peer's minimum
+            self._fire(LegInput.SESSION_REFRESH_DUE)
+
+    def _refused_interval(self, received: RequestReceived) -> bool:
+        """A peer's request asking for a session interval under our Min-SE is answered 422
+        (RFC 4028 §9) and changes nothing; True when it was."""
+        params = session_expires_of(received.request.headers)
+        if params is None or params[0] >= MIN_SESSION_EXPIRES:
+            return False
+        extra = [("Min-SE", str(MIN_SESSION_EXPIRES))]
+        self.ua.answer(received, 422, "Session Interval Too Small", extra=extra)
+        return True
+
+    def _peer_refreshed(self, req: Request) -> list[tuple[str, str]]:
+        """A re-INVITE/UPDATE we answer 200 is a refresh (RFC 4028 §9): restart the
+        interval it names and return the headers our 200 carries for it."""
+        if self.state is not CONFIRMED:
+            return []
+        params = session_expires_of(req.headers)
+        if params is None:
+            self._start_session(None, we_sent_it=False)
+            return []
+        interval, refresher = params
+        peer_has_timers = "timer" in (
+            _options_of(req.headers, "Supported") | _options_of(req.headers, "Require")
+        )
+        if refresher is None:  # ours to choose: the peer if it knows timers, else us (§9)
+            refresher = "uac" if peer_has_timers else "uas"
+        self._start_session((interval, refresher), we_sent_it=False)
+        headers = [("Session-Expires", f"{interval};refresher={refresher}")]
+        if peer_has_timers:
+            headers.append(("Require", "timer"))
+        return headers
 
     # ---- what the actions share ----------------------------------------------------------
     def _adopt(self, dialog: Dialog, response: Response) -> None:

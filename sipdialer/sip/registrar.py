@@ -68,7 +68,11 @@ reason=…`` (``ext=unknown`` for names that are not extensions): the line fail2
 filter in the README matches.
 
 Lifecycle of one binding (keyed by ``+sip.instance``/``reg-id`` when the phone sends them,
-else by its Contact URI):
+else by its Contact URI; either way one Contact URI is one device, so a binding under a new
+key with the Contact URI of another replaces it — a phone that re-registers with a new
+``+sip.instance`` but the same contact must not get two INVITEs. The cost: two phones of
+one extension behind different NATs that report the very same private Contact URI count
+as one, the last to register):
 
     state  event                                             → state  log: event=…
     -      200 to a contact with expires > 0                 → bound  registrar_bound
@@ -76,6 +80,7 @@ else by its Contact URI):
                                                                       (_bound if it moved)
     bound  expires=0, or ``*`` with Expires: 0               → -      registrar_unbound
                                                                       reason=removed
+    bound  another key registers the same Contact URI         → -      … reason=replaced
     bound  expires_at passed (:meth:`expire`)                 → -      … reason=expired
     bound  more than max_contacts for the extension (the     → -      … reason=max_contacts
            least recently refreshed goes)
@@ -273,6 +278,15 @@ def contact_key(uri: str, instance: str | None = None, reg_id: str | None = None
     )
 
 
+def _device_of(uri: str) -> str:
+    """The device a Contact URI names: its :func:`contact_key` without an instance (the
+    URI itself when it does not parse, which a stored binding's always does)."""
+    try:
+        return contact_key(uri)
+    except SipParseError:
+        return uri
+
+
 def _source_label(source: Addr) -> str:
     host, port = source
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -359,7 +373,15 @@ class Registrar:
     def lookup(self, extension: str, now: float) -> list[Binding]:
         """The extension's live bindings, most recently refreshed first ([] if none)."""
         live = [b for b in self._bindings.get(extension, {}).values() if b.expires_at > now]
-        return sorted(live, key=lambda b: b.refreshed_at, reverse=True)
+        newest_first = sorted(live, key=lambda b: b.refreshed_at, reverse=True)
+        devices: set[str] = set()
+        out: list[Binding] = []
+        for binding in newest_first:  # one device, one binding (a store loaded from disk)
+            device = _device_of(binding.contact_uri)
+            if device not in devices:
+                devices.add(device)
+                out.append(binding)
+        return out
 
     def bindings(self, now: float) -> list[Binding]:
         """Every live binding, by extension, most recently refreshed first."""
@@ -525,6 +547,10 @@ class Registrar:
                 reg_id=c.reg_id,
                 outbound=c.outbound,
             )
+            device = _device_of(c.uri)
+            for other in list(self._bindings.get(ext, {}).values()):
+                if other.key != c.key and _device_of(other.contact_uri) == device:
+                    self._remove(other, "replaced", now)  # the same device under a new key
             self._store(binding, old, now)
         per = self._bindings.get(ext, {})
         while len(per) > self.max_contacts:

@@ -539,7 +539,7 @@ async def test_a_reliable_183_is_pracked_and_its_early_media_relayed(
     await watcher
     assert (p["disposition"], p["end_code"], p["end_reason"]) == ("ANSWERED", 16, "callee_hungup")
     invites = [m for m in trunk.received() if m.startswith("INVITE sip:0820001234@")]
-    assert invites and header(invites[0], "Supported") == "100rel"
+    assert invites and header(invites[0], "Supported") == "100rel, timer"
     pracks = [m for m in trunk.received() if m.startswith("PRACK ")]
     assert len(pracks) == 1, trunk.received_lines()
     invite_seq = header(invites[-1], "CSeq").split()[0]
@@ -584,3 +584,68 @@ async def test_an_answer_we_cannot_use_is_byed_and_failed_88(
     await sipp_done(trunk)
     byes = [m for m in trunk.received() if m.startswith("BYE sip:")]
     assert any("cause=88" in header(m, "Reason") for m in byes), trunk.received_lines()
+
+
+# ---- 9. session timers (RFC 4028) ---------------------------------------------------------
+@pytest.mark.peers
+async def test_we_refresh_the_session_when_the_callee_makes_us_the_refresher(
+    sipp_trunk, make_lab, rtp_socket
+) -> None:
+    """The callee's 200 says ``Session-Expires: 10;refresher=uac``: we UPDATE every ~5 s."""
+    agent_media, callee_media = await rtp_socket(), await rtp_socket()
+    trunk = sipp_trunk(
+        "session_timer_we_refresh.xml", agent_rtp=agent_media.port, callee_rtp=callee_media.port
+    )
+    lab = await make_lab(trunk.port)
+    runner = await lab.call()
+    t_bridged = await wait_state(runner, "bridged")
+    p = (await ended(runner, timeout=25)).cdr_payload()
+    t_end = time.monotonic()
+    # the callee hung up after our two refreshes: an ordinary answered call
+    assert (p["disposition"], p["end_code"], p["end_reason"]) == ("ANSWERED", 16, "callee_hungup")
+    assert p["ended_by"] == "callee" and p["callee_sip_status"] == 200
+    assert 9.5 <= t_end - t_bridged <= 13.0, t_end - t_bridged
+
+    await sipp_done(trunk)
+    assert runner.callee is not None
+    callee = trunk.received_in(runner.callee.call_id)
+    assert [m.split()[0] for m in callee] == ["INVITE", "ACK", "UPDATE", "UPDATE", "SIP/2.0"]
+    invite, _, first, second, _ = callee
+    assert "timer" in header(invite, "Supported")
+    for update in (first, second):
+        assert header(update, "Session-Expires") == "10;refresher=uac"
+        assert "Content-Type" not in update  # a refresh without SDP
+    assert int(cseq_of(first).split()[0]) < int(cseq_of(second).split()[0])
+    assert lab.sink.cdrs == [runner.cdr]
+
+
+@pytest.mark.peers
+async def test_a_callee_that_stops_refreshing_is_byed_with_cause_41(
+    sipp_trunk, make_lab, rtp_socket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The callee's 200 says ``Session-Expires: 10;refresher=uas`` and it never refreshes:
+    we BYE it at 10 - min(32, 10/3) s, the call ends 41/session_timeout."""
+    caplog.set_level(logging.INFO, logger="sipdialer")
+    agent_media, callee_media = await rtp_socket(), await rtp_socket()
+    trunk = sipp_trunk(
+        "session_timer_peer_silent.xml", agent_rtp=agent_media.port, callee_rtp=callee_media.port
+    )
+    lab = await make_lab(trunk.port)
+    runner = await lab.call()
+    t_bridged = await wait_state(runner, "bridged")
+    p = (await ended(runner, timeout=20)).cdr_payload()
+    t_end = time.monotonic()
+    outcome = (p["disposition"], p["end_code"], p["cause_name"], p["end_reason"])
+    assert outcome == ("ANSWERED", 41, "NORMAL_TEMPORARY_FAILURE", "session_timeout"), p
+    assert (p["ended_by"], p["end_leg"]) == ("system", "callee")
+    assert 6.0 <= t_end - t_bridged <= 8.0, t_end - t_bridged
+    assert "event=leg_session_expired" in caplog.text
+
+    await sipp_done(trunk)
+    assert runner.agent is not None and runner.callee is not None
+    callee = trunk.received_in(runner.callee.call_id)
+    assert [m.split()[0] for m in callee] == ["INVITE", "ACK", "BYE"], callee
+    assert header(callee[2], "Reason").startswith("Q.850;cause=41")
+    agent = trunk.received_in(runner.agent.call_id)
+    assert [m.split()[0] for m in agent] == ["INVITE", "ACK", "BYE"], agent
+    assert lab.sink.cdrs == [runner.cdr]

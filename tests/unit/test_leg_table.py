@@ -1,7 +1,8 @@
 """The call leg's transition table (``sipdialer.engine.leg``), row by row, on a fake user
 agent: each row's next state and what the leg sends and reports are checked against the
 expectations written out here, and the leg is put in each state through its inputs, never
-by assignment. No sockets, no clock."""
+by assignment. No sockets, no clock: the leg's session timer (RFC 4028) is a fake that the
+test fires by hand."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import cast
 import pytest
 
 from sipdialer.aio.useragent import UserAgent
+from sipdialer.engine.causes import SESSION_EXPIRED_REASON
 from sipdialer.engine.errors import EngineError
 from sipdialer.engine.leg import Leg, LegInput, LegState, LegStateError, LegTarget
 from sipdialer.sip.events import (
@@ -22,7 +24,7 @@ from sipdialer.sip.events import (
     ResponseReceived,
     TransactionTimeout,
 )
-from sipdialer.sip.message import Request, make_response
+from sipdialer.sip.message import Headers, Request, make_response
 from sipdialer.sip.sdp import AudioOffer, build_sdp
 from sipdialer.sip.transaction import ClientTransaction, ServerTransaction
 
@@ -54,6 +56,8 @@ class FakeUserAgent:
         self.requests: list[tuple[FakeTx, Callable[[Event], None]]] = []
         self.dialogs: dict[tuple[str, str], Callable[[RequestReceived], None]] = {}
         self.stray_2xx: dict[str, Callable[[ResponseReceived], None]] = {}
+        self.answers: list[tuple[int, Headers]] = []
+        self.acks: list[Request] = []
 
     def send_request(
         self,
@@ -73,6 +77,7 @@ class FakeUserAgent:
 
     def send_stateless(self, message: Request, dest: tuple[str, int], transport: str) -> None:
         self.effects.append(message.method)
+        self.acks.append(message)
 
     def add_dialog(self, call_id: str, local_tag: str, handler: Callable[..., None]) -> None:
         self.dialogs[(call_id, local_tag)] = handler
@@ -95,6 +100,43 @@ class FakeUserAgent:
         body: bytes = b"",
     ) -> None:
         self.effects.append(f"{status} {event.request.method}")
+        self.answers.append((status, Headers(extra or [])))
+
+
+@dataclass
+class FakeTimer:
+    """One armed session timer of the leg: its delay, and whether it was cancelled."""
+
+    delay: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeTimers:
+    """The leg's ``call_later``: keeps what the leg arms; :meth:`fire` runs the live one."""
+
+    def __init__(self) -> None:
+        self.armed: list[FakeTimer] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(delay, callback)
+        self.armed.append(timer)
+        return timer
+
+    @property
+    def live(self) -> FakeTimer | None:
+        live = [t for t in self.armed if not t.cancelled]
+        assert len(live) <= 1, "a leg has one session timer at a time"
+        return live[0] if live else None
+
+    def fire(self) -> None:
+        timer = self.live
+        if timer is not None:
+            timer.cancelled = True  # it ran: no longer pending
+            timer.callback()
 
 
 @dataclass
@@ -103,6 +145,7 @@ class Listener:
 
     effects: list[str]
     statuses: list[int] = field(default_factory=list)
+    bye_reasons: list[tuple[str, ...]] = field(default_factory=list)
 
     def leg_progress(self, leg: Leg, status: int, sdp: AudioOffer | None) -> None:
         self.effects.append("progress")
@@ -115,6 +158,7 @@ class Listener:
 
     def leg_bye(self, leg: Leg, reason: tuple[str, ...]) -> None:
         self.effects.append("bye")
+        self.bye_reasons.append(reason)
 
     def leg_media_changed(self, leg: Leg, sdp: AudioOffer) -> None:
         self.effects.append("media")
@@ -145,6 +189,8 @@ class Rig:
         call_tag = f"rig{next(RIG_NUMBERS)}"
         self.log_events = LogEvents(self.effects, call_tag)
         self.ua = FakeUserAgent(self.effects)
+        self.timers = FakeTimers()
+        self.listener = Listener(self.effects)
         target = LegTarget(
             request_uri="sip:0820001234@trunk.test",
             dest=("192.0.2.9", 5060),
@@ -157,10 +203,11 @@ class Rig:
             "callee",
             cast(UserAgent, self.ua),
             target,
-            Listener(self.effects),
+            self.listener,
             sdp_offer=OFFER,
             answer_reinvite=lambda offer: OFFER,
             call_tag=call_tag,
+            call_later=self.timers.call_later,
         )
         LEG_LOG.addHandler(self.log_events)
 
@@ -193,7 +240,9 @@ class Rig:
         tx, owner = self._last("BYE")
         owner(ResponseReceived(make_response(tx.request, 200), cast(ClientTransaction, tx)))
 
-    def peer_sends(self, method: str, body: bytes = b"") -> None:
+    def peer_sends(
+        self, method: str, body: bytes = b"", extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         dialog = self.leg.dialog
         assert dialog is not None
         handler = self.ua.dialogs[(dialog.call_id, dialog.local_tag)]
@@ -205,6 +254,7 @@ class Rig:
             ("CSeq", f"{(dialog.remote_seq or 0) + 1} {method}"),
             ("Contact", "<sip:callee-1@192.0.2.5:5060>"),
         ]
+        headers.extend(extra)
         if body:
             headers.append(("Content-Type", "application/sdp"))
         request = Request(method, "sip:dialer@192.0.2.1:5060", headers, body)
@@ -225,7 +275,15 @@ INPUTS: dict[LegInput, Callable[[Rig], None]] = {
     E.RECV_BYE: lambda r: r.peer_sends("BYE"),
     E.RECV_REOFFER: lambda r: r.peer_sends("INVITE", PEER_OFFER),
     E.RECV_REQUEST: lambda r: r.peer_sends("OPTIONS"),
+    E.RECV_INTERVAL_TOO_SMALL: lambda r: r.respond(422, extra=(("Min-SE", "120"),)),
+    # the 2xx that confirmed the rig's leg asked us to refresh (SESSION_2XX): it is due
+    E.SESSION_REFRESH_DUE: lambda r: r.timers.fire(),
+    # … and our refresh went unanswered until the expiry: the effects are the expiry's
+    E.SESSION_EXPIRED: lambda r: (r.timers.fire(), r.take_effects(), r.timers.fire()),
 }
+
+#: What the 2xx that confirms a rig's leg carries: a session timer we refresh, by UPDATE.
+SESSION_2XX = (("Session-Expires", "90;refresher=uac"), ("Allow", "INVITE, ACK, BYE, UPDATE"))
 
 SETUP: dict[LegState, list[LegInput]] = {
     S.IDLE: [],
@@ -253,7 +311,7 @@ def rig_in(state: LegState) -> Rig:
     rig = Rig()
     for step in SETUP[state]:
         if step is E.RECV_2XX:
-            rig.respond(200)  # the first answer: the dialog of the leg itself
+            rig.respond(200, extra=SESSION_2XX)  # the first answer: the leg's own dialog
         else:
             INPUTS[step](rig)
     assert rig.leg.state is state
@@ -277,6 +335,26 @@ EXPECTED: list[tuple[LegState, LegInput, LegState, list[str]]] = [
     ),
     (S.CALLING, E.HANGUP, S.CANCELLING, ["CANCEL", "~leg_cancel"]),
     (S.CALLING, E.RECV_REDIRECT, S.CALLING, ["~leg_redirected", "INVITE", "~leg_invite"]),
+    (
+        S.CALLING,
+        E.RECV_INTERVAL_TOO_SMALL,
+        S.CALLING,
+        ["~leg_interval_too_small", "INVITE", "~leg_invite"],
+    ),
+    (
+        S.PROCEEDING,
+        E.RECV_INTERVAL_TOO_SMALL,
+        S.CALLING,
+        ["~leg_interval_too_small", "INVITE", "~leg_invite"],
+    ),
+    (S.CANCELLING, E.RECV_INTERVAL_TOO_SMALL, S.TERMINATED, ["~leg_failed", "terminated"]),
+    (S.CONFIRMED, E.SESSION_REFRESH_DUE, S.CONFIRMED, ["UPDATE", "~leg_session_refresh"]),
+    (
+        S.CONFIRMED,
+        E.SESSION_EXPIRED,
+        S.TERMINATING,
+        ["~leg_session_expired", "BYE", "~leg_bye_sent", "bye"],
+    ),
     (S.PROCEEDING, E.RECV_REDIRECT, S.CALLING, ["~leg_redirected", "INVITE", "~leg_invite"]),
     (S.CANCELLING, E.RECV_REDIRECT, S.TERMINATED, ["~leg_failed", "terminated"]),
     (S.PROCEEDING, E.RECV_1XX, S.PROCEEDING, ["progress"]),
@@ -466,7 +544,7 @@ def reliable(rseq: int) -> tuple[tuple[str, str], ...]:
 
 def test_a_reliable_provisional_is_pracked_once_per_rseq_and_cseq_stays_ordered() -> None:
     rig = rig_in(S.CALLING)
-    assert rig._last("INVITE")[0].request.headers.get("Supported") == "100rel"
+    assert rig._last("INVITE")[0].request.headers.get("Supported") == "100rel, timer"
     rig.respond(183, extra=reliable(1))
     assert rig.take_effects() == ["PRACK", "~leg_prack", "progress"]
     prack = rig._last("PRACK")[0].request
@@ -488,3 +566,160 @@ def test_a_plain_provisional_is_not_pracked() -> None:
     rig = rig_in(S.CALLING)
     rig.respond(180, extra=(("RSeq", "1"),))  # no Require: 100rel
     assert rig.take_effects() == ["progress"]
+
+
+# ---- session timers (RFC 4028), the timer driven by hand ------------------------------------
+
+
+def answered(
+    session_expires: str | None, allow: str = "INVITE, ACK, BYE, UPDATE", tag: str = "callee-1"
+) -> Rig:
+    """A rig whose leg the peer's 2xx confirmed with that ``Session-Expires`` (None: none)."""
+    rig = rig_in(S.CALLING)
+    extra = [("Allow", allow)]
+    if session_expires is not None:
+        extra.append(("Session-Expires", session_expires))
+    rig.respond(200, tag=tag, extra=tuple(extra))
+    assert rig.leg.state is S.CONFIRMED
+    rig.take_effects()
+    return rig
+
+
+def answer_last(rig: Rig, method: str, status: int, extra: tuple[tuple[str, str], ...]) -> None:
+    tx, owner = rig._last(method)
+    response = make_response(tx.request, status, to_tag="callee-1", extra=list(extra))
+    owner(ResponseReceived(response, cast(ClientTransaction, tx)))
+
+
+def test_our_invite_offers_timers_and_a_2xx_without_session_expires_arms_nothing() -> None:
+    rig = rig_in(S.CALLING)
+    invite = rig._last("INVITE")[0].request
+    assert invite.headers.get("Supported") == "100rel, timer"
+    assert "Session-Expires" not in invite.headers  # we ask for no interval of our own
+    rig.respond(200)
+    assert rig.leg.state is S.CONFIRMED and rig.timers.live is None
+
+
+def test_we_refresh_by_update_at_half_the_interval_and_the_answer_restarts_it() -> None:
+    rig = answered("90;refresher=uac")
+    assert rig.leg.we_refresh and rig.timers.live is not None
+    assert rig.timers.live.delay == 45
+    rig.timers.fire()
+    assert rig.take_effects() == ["UPDATE", "~leg_session_refresh"]
+    update = rig._last("UPDATE")[0].request
+    assert update.headers.get("Session-Expires") == "90;refresher=uac"
+    assert update.body == b""
+    live = rig.timers.live
+    assert live is not None and live.delay == 15  # expiry (60 s) minus the 45 s gone
+    answer_last(rig, "UPDATE", 200, (("Session-Expires", "120;refresher=uac"),))
+    live = rig.timers.live
+    assert live is not None and live.delay == 60 and rig.leg.session_interval == 120
+    assert rig.leg.state is S.CONFIRMED and rig.take_effects() == []
+
+
+def test_without_update_we_refresh_by_reinvite_with_our_sdp_and_ack_its_2xx() -> None:
+    rig = answered("90", allow="INVITE, ACK, BYE")  # no refresher named: the UAC, us
+    assert rig.leg.we_refresh
+    rig.timers.fire()
+    assert rig.take_effects() == ["INVITE", "~leg_session_refresh"]
+    reinvite = rig._last("INVITE")[0].request
+    assert reinvite.body == OFFER and reinvite.headers.get("To", "").endswith("tag=callee-1")
+    answer_last(rig, "INVITE", 200, (("Session-Expires", "90;refresher=uac"),))
+    assert rig.take_effects() == ["ACK"]
+    assert rig.ua.acks[-1].cseq() == (reinvite.cseq()[0], "ACK")
+    live = rig.timers.live
+    assert live is not None and live.delay == 45
+
+
+def test_a_refresh_answered_481_ends_the_session_with_cause_41() -> None:
+    rig = answered("90;refresher=uac")
+    rig.timers.fire()
+    rig.take_effects()
+    answer_last(rig, "UPDATE", 481, ())
+    assert rig.leg.state is S.TERMINATING
+    assert rig.take_effects() == ["~leg_session_expired", "BYE", "~leg_bye_sent", "bye"]
+
+
+@pytest.mark.parametrize(("interval", "bye_after"), [(90, 60.0), (1800, 1768.0), (10, 10 - 10 / 3)])
+def test_a_peer_that_stops_refreshing_gets_a_bye_cause_41(interval: int, bye_after: float) -> None:
+    rig = answered(f"{interval};refresher=uas")
+    assert not rig.leg.we_refresh
+    live = rig.timers.live
+    assert live is not None and live.delay == pytest.approx(bye_after)  # min(32, SE/3) early
+    rig.timers.fire()
+    assert rig.leg.state is S.TERMINATING
+    assert rig.take_effects() == ["~leg_session_expired", "BYE", "~leg_bye_sent", "bye"]
+    bye = rig._last("BYE")[0].request
+    assert bye.headers.get("Reason") == SESSION_EXPIRED_REASON
+    assert rig.listener.bye_reasons == [(SESSION_EXPIRED_REASON,)]
+    rig.bye_answered()
+    assert rig.leg.state is S.TERMINATED and rig.timers.live is None
+
+
+def test_the_peers_refresh_is_answered_with_its_interval_and_restarts_the_timer() -> None:
+    rig = answered("90;refresher=uas")
+    first = rig.timers.live
+    rig.peer_sends("UPDATE", extra=(("Session-Expires", "120"), ("Supported", "timer")))
+    assert rig.take_effects() == ["200 UPDATE"]
+    status, headers = rig.ua.answers[-1]
+    assert status == 200
+    assert headers.get("Session-Expires") == "120;refresher=uac"  # the peer keeps refreshing
+    assert headers.get("Require") == "timer"
+    assert first is not None and first.cancelled
+    live = rig.timers.live
+    assert live is not None and live.delay == 88 and not rig.leg.we_refresh
+    rig.peer_sends(
+        "INVITE", PEER_OFFER, extra=(("Session-Expires", "90;refresher=uas"), ("Require", "timer"))
+    )
+    assert rig.take_effects() == ["200 INVITE", "~leg_reinvite", "media"]
+    status, headers = rig.ua.answers[-1]
+    assert headers.get("Session-Expires") == "90;refresher=uas" and rig.leg.we_refresh
+    live = rig.timers.live
+    assert live is not None and live.delay == 45  # the peer handed the refreshing to us
+
+
+def test_a_refresh_without_session_expires_turns_the_timer_off() -> None:
+    rig = answered("90;refresher=uas")
+    rig.peer_sends("UPDATE")
+    assert rig.take_effects() == ["200 UPDATE"]
+    assert "Session-Expires" not in rig.ua.answers[-1][1]
+    assert rig.timers.live is None and rig.leg.session_interval is None
+
+
+def test_a_peer_request_asking_less_than_our_min_se_gets_422() -> None:
+    rig = answered("90;refresher=uas")
+    first = rig.timers.live
+    rig.peer_sends("UPDATE", extra=(("Session-Expires", "30"),))
+    assert rig.take_effects() == ["422 UPDATE"]
+    assert rig.ua.answers[-1][1].get("Min-SE") == "90"
+    assert rig.timers.live is first  # the interval in force goes on
+
+
+def test_a_422_is_retried_once_with_its_min_se_then_fails() -> None:
+    rig = rig_in(S.CALLING)
+    rig.respond(422, extra=(("Min-SE", "1800"),))
+    assert rig.take_effects() == ["~leg_interval_too_small", "INVITE", "~leg_invite"]
+    invite = rig._last("INVITE")[0].request
+    assert invite.headers.get("Session-Expires") == "1800"
+    assert invite.headers.get("Min-SE") == "1800"
+    rig.respond(422, extra=(("Min-SE", "3600"),))
+    assert rig.leg.state is S.TERMINATED
+    assert rig.take_effects() == ["~leg_failed", "failed 422", "terminated"]
+
+
+def test_hanging_up_cancels_the_session_timer() -> None:
+    rig = answered("90;refresher=uac")
+    timer = rig.timers.live
+    rig.leg.hangup("Q.850;cause=16")
+    assert timer is not None and timer.cancelled and rig.timers.live is None
+
+
+def test_a_refresh_from_a_peer_without_timer_support_makes_us_the_refresher() -> None:
+    rig = answered("90;refresher=uas")
+    rig.peer_sends("UPDATE", extra=(("Session-Expires", "100"),))  # no Supported: timer
+    assert rig.take_effects() == ["200 UPDATE"]
+    headers = rig.ua.answers[-1][1]
+    assert headers.get("Session-Expires") == "100;refresher=uas"
+    assert "Require" not in headers
+    live = rig.timers.live
+    assert rig.leg.we_refresh and live is not None and live.delay == 50

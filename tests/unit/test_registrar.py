@@ -391,6 +391,39 @@ def test_instance_id_replaces_a_binding_whose_port_changed() -> None:
     assert contacts_of(reply) == [f"<sip:1001@10.0.0.5:6000;ob>;expires=3600{instance}"]
 
 
+def test_a_new_instance_with_the_same_contact_is_the_same_device() -> None:
+    """Issue 12.10: a phone re-registering with a new +sip.instance (and without one, and
+    with one again) at the same Contact URI is one binding, so it gets one INVITE."""
+    reg = make_registrar()
+    first = ';+sip.instance="<urn:uuid:00000000-0000-0000-0000-00000000000a>"'
+    second = ';+sip.instance="<urn:uuid:00000000-0000-0000-0000-00000000000b>"'
+    phone = Phone(reg, contact=f"<sip:1001@10.0.0.5:5062>{first}")
+    phone.register(T0)
+    reborn = Phone(reg, call_id="reborn", contact=f"<sip:1001@10.0.0.5:5062>{second}")
+    reply = reborn.register(T0 + 5)
+    [binding] = reg.lookup("1001", T0 + 5)
+    assert binding.instance == "<urn:uuid:00000000-0000-0000-0000-00000000000b>"
+    assert contacts_of(reply) == [f"<sip:1001@10.0.0.5:5062>;expires=3600{second}"]
+    assert reg.stats["unbound_replaced"] == 1
+    plain = Phone(reg, call_id="plain", contact="<SIP:1001@10.0.0.5:5062>")  # no instance
+    plain.register(T0 + 6)
+    assert [b.instance for b in reg.lookup("1001", T0 + 6)] == [None]
+    other = Phone(reg, call_id="other", contact=f"<sip:1001@10.0.0.6:5062>{first}")
+    other.register(T0 + 7)  # another contact: another device
+    assert len(reg.lookup("1001", T0 + 7)) == 2
+
+
+def test_lookup_returns_one_binding_per_contact_even_from_an_old_store() -> None:
+    reg = make_registrar()
+    Phone(reg, contact='<sip:1001@10.0.0.5:5062>;+sip.instance="<urn:uuid:a>"').register(T0)
+    [old] = reg.lookup("1001", T0)
+    twin = dataclasses.replace(
+        old, key="instance:<urn:uuid:b>;", instance="<urn:uuid:b>", refreshed_at=T0 + 1
+    )
+    reg.load({**reg.dump(), "bindings": [old.to_dict(), twin.to_dict()]}, T0 + 2)
+    assert [b.instance for b in reg.lookup("1001", T0 + 2)] == ["<urn:uuid:b>"]
+
+
 def test_max_contacts_drops_the_least_recently_refreshed() -> None:
     reg = make_registrar(max_contacts=2)
     phones = [
