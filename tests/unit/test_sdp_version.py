@@ -3,6 +3,8 @@ one when what we send changes, the same when it does not, untouched by a refusal
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sipdialer.sip.sdp import OurSdpVersion, answer_for, build_sdp, parse_sdp
 
 PEER = build_sdp(address="192.0.2.5", port=50000, session_id=7, version=1, codecs=[("PCMU", 0)])
@@ -25,7 +27,7 @@ def ours(version: int) -> bytes:
     )
 
 
-def answer(peer: bytes):  # type: ignore[no-untyped-def]  # returns the renderer
+def answer(peer: bytes) -> Callable[[int], bytes | None]:
     def at(version: int) -> bytes | None:
         return answer_for(
             parse_sdp(peer), address="192.0.2.1", port=40000, session_id=1, version=version
