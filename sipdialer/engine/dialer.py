@@ -54,7 +54,7 @@ from sipdialer.logs import quote_value
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import Recorder, new_recording_ref
 from sipdialer.rtp.relay import Bridge, Codec, MediaAddressError, MediaLeg
-from sipdialer.sip.sdp import AudioOffer, answer_for, build_sdp
+from sipdialer.sip.sdp import AudioOffer, OurSdpVersion, answer_for, build_sdp
 
 if TYPE_CHECKING:
     from sipdialer.aio.trunk_route import TrunkRoute
@@ -154,7 +154,6 @@ class CallRunner:
         self.done = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._session = secrets.randbelow(2**31)
-        self._sdp_version = 1
         self._fork_failures: list[tuple[int, tuple[str, ...], bool]] = []
         self._tag = self.id[:12]
         self._final_view: CallView | None = None  # once the CDR is out, until a change
@@ -424,29 +423,37 @@ class CallRunner:
         d = self.dialer
         media = self.bridge.a if name == "agent" else self.bridge.b
         target = target or d.target_for(name, self.request)
-        our_offer = build_sdp(
-            address=d.rtp_host,
-            port=media.local_port,
-            session_id=self._session,
-            version=1,
-            codecs=OFFER_CODECS,
-            dtmf_pt=DTMF_PT,
-        )
+
+        def offer_sdp(version: int) -> bytes:
+            return build_sdp(
+                address=d.rtp_host,
+                port=media.local_port,
+                session_id=self._session,
+                version=version,
+                codecs=OFFER_CODECS,
+                dtmf_pt=DTMF_PT,
+            )
+
+        # RFC 3264 §8, per leg: our o= version on this leg goes up when our SDP changes
+        versions = OurSdpVersion()
+        our_offer = versions.render(offer_sdp)
+        assert our_offer is not None
 
         # the parameter's name is the ReinviteAnswerer protocol's (mypy checks it)
         def answer_reinvite(offer: AudioOffer | None) -> bytes | None:
             if offer is None:  # an offerless re-INVITE: we offer again
-                return our_offer
+                return versions.render(offer_sdp)
             if offer.port and not self._usable_address(name, media, offer):
                 return None  # 488: the session stays as it was
-            self._sdp_version += 1  # RFC 3264 §8: every new SDP of ours gets a new version
-            return answer_for(
-                offer,
-                address=d.rtp_host,
-                port=media.local_port,
-                session_id=self._session,
-                version=self._sdp_version,
-                supported=SUPPORTED_CODECS,
+            return versions.render(
+                lambda version: answer_for(
+                    offer,
+                    address=d.rtp_host,
+                    port=media.local_port,
+                    session_id=self._session,
+                    version=version,
+                    supported=SUPPORTED_CODECS,
+                )
             )
 
         return Leg(

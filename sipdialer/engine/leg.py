@@ -41,7 +41,9 @@ INVITE is still pending) and must find the new state.
       terminating                                                         unusable); tell the
                                                                           call (media moved)
     confirmed,    OPTIONS / INFO, UPDATE or re-INVITE    → same          200 (+ our SDP to a
-      terminating   without SDP                                           re-INVITE)
+      terminating   without SDP                                           re-INVITE: an offer)
+    confirmed,    ACK with SDP to the 2xx that carried   → same          tell the call (media
+      terminating   our offer (offerless re-INVITE)                       moved)
     confirmed     session refresh due (we refresh)       → confirmed     UPDATE (re-INVITE
                                                                           with our SDP if the
                                                                           peer lacks UPDATE)
@@ -65,6 +67,12 @@ RFC 3262) is PRACKed in its early dialog (once per RSeq; retransmissions are dis
 and its SDP is early media like any 18x's. An input from the network that a state does not
 list is absorbed (a 1xx after our CANCEL, a late final of another fork, the answer to a
 BYE of another fork); ``invite()`` outside idle raises :class:`LegStateError`.
+
+A re-INVITE without SDP asks us to offer (RFC 3261 §14.2, RFC 3264 §5): our 200 carries
+the offer and the peer's answer comes in its ACK. Only the ACK of that re-INVITE (same
+CSeq number, the first one to arrive) is taken as an answer; any other ACK, and its
+retransmissions, are absorbed. An answer we cannot parse leaves the media as it was
+(logged): an ACK cannot be refused.
 
 Session timers (RFC 4028)
 -------------------------
@@ -214,6 +222,7 @@ class LegInput(Enum):
     RECV_BYE = "BYE from the peer"
     RECV_REOFFER = "re-INVITE or UPDATE with SDP"
     RECV_REQUEST = "other in-dialog request"
+    RECV_ACK_ANSWER = "ACK with SDP answering the offer in our 2xx to a re-INVITE"
     # from the leg's session timer (RFC 4028)
     SESSION_REFRESH_DUE = "half the session interval passed: we refresh"
     SESSION_EXPIRED = "the peer's refresh did not come (or ours failed)"
@@ -302,6 +311,7 @@ class Leg:
             LegInput.RECV_BYE: (TERMINATED, "bye_received"),
             LegInput.RECV_REOFFER: (CONFIRMED, "answer_reoffer"),
             LegInput.RECV_REQUEST: (CONFIRMED, "answer_request"),
+            LegInput.RECV_ACK_ANSWER: (CONFIRMED, "take_ack_answer"),
             LegInput.RECV_2XX: (CONFIRMED, "bye_other_fork"),
             LegInput.SESSION_REFRESH_DUE: (CONFIRMED, "send_refresh"),
             LegInput.SESSION_EXPIRED: (TERMINATING, "session_expired"),
@@ -311,6 +321,7 @@ class Leg:
             LegInput.RECV_BYE: (TERMINATED, "bye_crossed"),
             LegInput.RECV_REOFFER: (TERMINATING, "answer_reoffer"),
             LegInput.RECV_REQUEST: (TERMINATING, "answer_request"),
+            LegInput.RECV_ACK_ANSWER: (TERMINATING, "take_ack_answer"),
             LegInput.RECV_2XX: (TERMINATING, "bye_other_fork"),
             LegInput.HANGUP: (TERMINATING, None),
         },
@@ -354,6 +365,7 @@ class Leg:
         self._acks: dict[str, Request] = {}  # to-tag → ACK we sent for its 2xx
         self._early: dict[str, Dialog] = {}  # to-tag → early dialog we PRACKed in
         self._rseq: dict[str, int] = {}  # to-tag → highest RSeq PRACKed
+        self._offered_in: int | None = None  # CSeq of the re-INVITE our 2xx offered to
         self.redirects: list[str] = []
         """Request-URIs we followed 3xx responses to, in order (for the CDR)."""
         self.call_later = call_later
@@ -535,7 +547,11 @@ class Leg:
         501: the table in :mod:`sipdialer.aio.useragent`); the rest go to the table."""
         req = event.request
         dialog = self.dialog
-        if dialog is None or req.method == "ACK":
+        if dialog is None:
+            return
+        if req.method == "ACK":
+            if self._answers_our_offer(dialog, req):
+                self._fire(LegInput.RECV_ACK_ANSWER, received=event)
             return
         problem = dialog.receive_request(req)
         refusal = in_dialog_refusal(req) if problem is None else None
@@ -550,6 +566,23 @@ class Leg:
             self._fire(LegInput.RECV_REOFFER, received=event)
         else:  # OPTIONS, INFO, UPDATE without SDP, re-INVITE without SDP (we offer again)
             self._fire(LegInput.RECV_REQUEST, received=event)
+
+    def _answers_our_offer(self, dialog: Dialog, ack: Request) -> bool:
+        """Whether ``ack`` is the first ACK of the re-INVITE whose 2xx carried our offer
+        (then it carries the answer); that offer is settled either way."""
+        if self._offered_in is None or not dialog.matches(ack):
+            return False
+        try:
+            number, _ = ack.cseq()
+        except SipParseError:
+            return False
+        if number != self._offered_in:
+            return False
+        self._offered_in = None
+        if not ack.body:
+            log.warning("event=leg_ack_without_answer %s", self.log_ctx)
+            return False
+        return True
 
     # ---- actions ----------------------------------------------------------------------------
     def _send_invite(self, **_: object) -> None:
@@ -674,6 +707,8 @@ class Leg:
     def _answer_reoffer(self, *, received: RequestReceived, **_: object) -> None:
         if self._refused_interval(received):
             return
+        if received.request.method == "INVITE":
+            self._offered_in = None  # a new offer from the peer replaces the one we made
         try:
             offer = parse_sdp(received.request.body)
         except SdpError:
@@ -697,6 +732,7 @@ class Leg:
         if received.request.method == "INVITE":
             body = self.answer_reinvite(None) or b""
             extra.append(("Content-Type", "application/sdp"))
+            self._offered_in = received.request.cseq()[0] if body else None
         extra.append(("Contact", f"<{self.target.contact_uri}>"))
         extra += self._peer_refreshed(received.request)
         self.ua.answer(received, 200, extra=extra, body=body)
@@ -732,6 +768,18 @@ class Leg:
         log.info("event=leg_session_expired %s interval=%s", self.log_ctx, self.session_interval)
         self._bye_dialog(self.dialog, SESSION_EXPIRED_REASON)
         self.listener.leg_bye(self, (SESSION_EXPIRED_REASON,))
+
+    def _take_ack_answer(self, *, received: RequestReceived, **_: object) -> None:
+        """The peer's answer to our offer, in its ACK: the media follows it."""
+        try:
+            answer = parse_sdp(received.request.body)
+        except SdpError as exc:
+            log.warning(
+                "event=leg_ack_answer_unusable %s error=%s", self.log_ctx, quote_value(str(exc))
+            )
+            return
+        log.info("event=leg_ack_answer %s direction=%s", self.log_ctx, answer.direction)
+        self.listener.leg_media_changed(self, answer)
 
     def _report_end(self, **_: object) -> None:
         """The leg has ended: forget its 2xx hook and dialog, and tell the call."""

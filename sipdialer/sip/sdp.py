@@ -30,6 +30,9 @@ Decisions:
   audio; a failed re-INVITE leaves the session as it was, RFC 3261 §14.2), or when the
   transport is not plain RTP (``RTP/AVP``; ``RTP/AVPF`` is answered as offered; SRTP and
   anything else are refused).
+* **Our o= version only goes up** (RFC 3264 §8), per session description we keep
+  (:class:`OurSdpVersion`, one per leg): by one when what we send differs from what we
+  sent last, the same when it does not (a session refresh).
 * **Our ptime is always 20** (what we want to receive, RFC 4566 §6); fmtp for DTMF is
   ``0-16`` (digits, */#, A–D and flash, RFC 4733).
 """
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sipdialer.sip.errors import SipError
@@ -47,6 +51,7 @@ __all__ = [
     "STATIC_PAYLOAD_TYPES",
     "AudioOffer",
     "MediaLine",
+    "OurSdpVersion",
     "SdpError",
     "answer_for",
     "build_sdp",
@@ -479,3 +484,30 @@ def answer_for(
         media=media,
         audio_index=audio_index,
     )
+
+
+class OurSdpVersion:
+    """The ``o=`` version of the SDP we send in one session (one leg), RFC 3264 §8: each
+    description is rendered at the current version and, when it differs from the last one
+    we sent, again at the next version. Nothing refused (None) changes the version."""
+
+    __slots__ = ("_last", "version")
+
+    def __init__(self, first: int = 1) -> None:
+        self.version = first
+        """The version of the last description sent (or of the first one to be sent)."""
+        self._last: bytes | None = None
+
+    def render(self, sdp_at: Callable[[int], bytes | None]) -> bytes | None:
+        """Our next description: ``sdp_at(version)`` with the version it must carry, or
+        None when ``sdp_at`` gives None (an offer we refuse: nothing is sent)."""
+        body = sdp_at(self.version)
+        if body is None:
+            return None
+        if self._last is not None and body != self._last:
+            self.version += 1
+            body = sdp_at(self.version)
+            if body is None:  # the same inputs at another version: cannot happen
+                raise SdpError("our session description could not be rendered again")
+        self._last = body
+        return body

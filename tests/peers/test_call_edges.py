@@ -12,6 +12,7 @@ that the peer received every message it expected, in order.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import subprocess
@@ -648,4 +649,121 @@ async def test_a_callee_that_stops_refreshing_is_byed_with_cause_41(
     assert header(callee[2], "Reason").startswith("Q.850;cause=41")
     agent = trunk.received_in(runner.agent.call_id)
     assert [m.split()[0] for m in agent] == ["INVITE", "ACK", "BYE"], agent
+
+    await sipp_done(trunk)  # the agent got its BYE too (the scenario's agent branch ends)
+
+
+# ---- 5. media that moves (issue 12.2) ------------------------------------------------------
+# The callee's RTP comes from two sockets of the test: the old address (1500 Hz) from the
+# start, the new one (2000 Hz) from 40 ms after the SDP names it; the old one keeps sending
+# for 150 ms after the move (trailing packets), which must not take the leg back.
+OLD_HZ, NEW_HZ = 1500, 2000
+OLD_TRAILS = 0.15
+NEW_STARTS = 0.04
+
+
+def our_sdps(messages: list[str]) -> list[tuple[int, int, str]]:
+    """(session id, o= version, the SDP without its o= line) of every SDP we sent among
+    ``messages`` (what SIPp received: our INVITE and our answers), in order."""
+    out = []
+    for message in messages:
+        body = message.split("\n\n", 1)[1] if "\n\n" in message else ""
+        origin = re.search(r"^o=sipdialer (\d+) (\d+) ", body, flags=re.M)
+        if origin is None:
+            continue
+        rest = re.sub(r"^o=.*$", "", body, flags=re.M).strip()
+        out.append((int(origin.group(1)), int(origin.group(2)), rest))
+    return out
+
+
+def assert_versions_follow_changes(sdps: list[tuple[int, int, str]]) -> list[int]:
+    """RFC 3264 §8 on one leg: one session id; the version goes up by one when the SDP
+    changed and stays when it did not. Returns the versions."""
+    assert sdps, "we sent no SDP on this leg"
+    assert len({session for session, _, _ in sdps}) == 1, sdps
+    for (_, before, old), (_, after, new) in itertools.pairwise(sdps):
+        if new != old:
+            assert after == before + 1, f"changed SDP: version {before} -> {after}"
+        else:
+            assert after == before, f"unchanged SDP: version {before} -> {after}"
+    return [version for _, version, _ in sdps]
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize(
+    ("scenario", "moves_after", "versions"),
+    [
+        ("callee_answer_moves.xml", 0.0, [1]),  # 183 on one port, 200 on another
+        ("callee_update_moves.xml", 1.5, [1, 2]),  # an UPDATE moves the media mid-call
+        # hold (our answer: recvonly), offerless re-INVITE (our offer again, a change: up),
+        # the answer in the ACK moves the media (1 s later the refreshes would move it
+        # too), two refreshes (a new answer, then the same one)
+        ("callee_offerless_reinvite.xml", 1.5, [1, 2, 3, 4, 4]),
+    ],
+    ids=["183-then-200-elsewhere", "update", "offerless-reinvite-ack-answer"],
+)
+async def test_media_that_moves_is_followed_and_never_taken_back(
+    sipp_trunk, make_lab, rtp_socket, scenario: str, moves_after: float, versions: list[int]
+) -> None:
+    agent_media, old, new = await rtp_socket(), await rtp_socket(), await rtp_socket()
+    trunk = sipp_trunk(
+        scenario, agent_rtp=agent_media.port, callee_rtp1=old.port, callee_rtp2=new.port
+    )
+    lab = await make_lab(trunk.port)
+    runner = await lab.call()
+    assert runner.bridge is not None
+    b = runner.bridge.b
+    relay = ("127.0.0.1", b.local_port)
+    stop_old, stop_new = asyncio.Event(), asyncio.Event()
+    talkers = [asyncio.ensure_future(send_tone(old, relay, OLD_HZ, stop_old))]
+    seen: dict[str, float] = {}
+    watcher = asyncio.ensure_future(watch(runner, seen))
+    try:
+        moved = await poll(
+            lambda: b.remote == ("127.0.0.1", new.port) and not b.held,
+            8.0,
+            f"the relay never followed the SDP to the new port (remote {b.remote})",
+        )
+        await asyncio.sleep(NEW_STARTS)
+        talkers.append(asyncio.ensure_future(send_tone(new, relay, NEW_HZ, stop_new)))
+        await asyncio.sleep(OLD_TRAILS - NEW_STARTS)
+        stop_old.set()
+        p = (await ended(runner)).cdr_payload()
+        t_end = time.monotonic()
+    finally:
+        stop_old.set()
+        stop_new.set()
+        await asyncio.gather(*talkers)
+        await watcher
+    assert (p["disposition"], p["end_code"], p["end_reason"]) == ("ANSWERED", 16, "callee_hungup")
+    assert p["callee_sip_status"] == 200
+    # the relay followed the SDP when the scenario moved the media (seconds after the 200)
+    assert abs(moved - seen["bridged"] - moves_after) <= 0.4, moved - seen["bridged"]
+
+    # the agent hears the new address's tone after the move
+    after = agent_media.between(moved + 0.3, t_end - 0.1)
+    assert len(after) >= 0.7 * (t_end - moved - 0.4) / 0.02, len(after)
+    assert abs(peak_hz(audio_of(after)) - NEW_HZ) < 20
+    assert rms(audio_of(after)) > 1000
+
+    # the recording's callee channel holds that tone after the move, every 100 ms of it
+    wav = Path(lab.service.config.recording.directory) / f"{p['recording_url']}.wav"
+    data, rate = soundfile.read(wav, dtype="int16")
+    start = int(max(0.0, moved - seen["bridged"] + 0.3) * rate)
+    callee = data[start : len(data) - int(0.2 * rate), 1].astype(float)
+    assert len(callee) >= rate, f"{len(callee)} samples after the move"
+    assert abs(peak_hz(callee) - NEW_HZ) < 20
+    windows = callee[: len(callee) // 800 * 800].reshape(-1, 800)
+    quiet = [i for i, w in enumerate(windows) if rms(w) < 1000]
+    assert not quiet, f"silent 100 ms windows of the callee channel after the move: {quiet}"
+    # the trailing packets of the old address arrived and were refused: the leg kept the new
+    assert b.latch.source == ("127.0.0.1", new.port), b.latch.source
+    assert b.packets_foreign >= 3, b.packets_foreign
+
+    # every SDP we sent on each leg: the o= version goes up only when the SDP changed
+    await sipp_done(trunk)
+    assert runner.callee is not None and runner.agent is not None
+    callee_sdps = our_sdps(trunk.received_in(runner.callee.call_id))
+    assert assert_versions_follow_changes(callee_sdps) == versions
+    assert assert_versions_follow_changes(our_sdps(trunk.received_in(runner.agent.call_id))) == [1]
     assert lab.sink.cdrs == [runner.cdr]

@@ -241,17 +241,23 @@ class Rig:
         owner(ResponseReceived(make_response(tx.request, 200), cast(ClientTransaction, tx)))
 
     def peer_sends(
-        self, method: str, body: bytes = b"", extra: tuple[tuple[str, str], ...] = ()
+        self,
+        method: str,
+        body: bytes = b"",
+        extra: tuple[tuple[str, str], ...] = (),
+        cseq: int | None = None,
     ) -> None:
         dialog = self.leg.dialog
         assert dialog is not None
+        if cseq is None:
+            cseq = (dialog.remote_seq or 0) + 1
         handler = self.ua.dialogs[(dialog.call_id, dialog.local_tag)]
         headers = [
             ("Via", "SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKpeer"),
             ("From", f"<sip:0820001234@trunk.test>;tag={dialog.remote_tag}"),
             ("To", f"<sip:0123456789@dialer.test>;tag={dialog.local_tag}"),
             ("Call-ID", dialog.call_id),
-            ("CSeq", f"{(dialog.remote_seq or 0) + 1} {method}"),
+            ("CSeq", f"{cseq} {method}"),
             ("Contact", "<sip:callee-1@192.0.2.5:5060>"),
         ]
         headers.extend(extra)
@@ -260,6 +266,17 @@ class Rig:
         request = Request(method, "sip:dialer@192.0.2.1:5060", headers, body)
         server_tx = cast(ServerTransaction, object())
         handler(RequestReceived(request, server_tx, ("192.0.2.5", 5060), "UDP"))
+
+    def peer_acks(self, body: bytes = b"") -> None:
+        """The peer ACKs the 2xx to its last re-INVITE (same CSeq number)."""
+        assert self.leg.dialog is not None
+        self.peer_sends("ACK", body, cseq=self.leg.dialog.remote_seq)
+
+    def offerless_reinvite_acked(self, body: bytes) -> None:
+        """A re-INVITE without SDP (we offer in our 200), then its ACK with ``body``."""
+        self.peer_sends("INVITE")
+        assert self.take_effects() == ["200 INVITE"]
+        self.peer_acks(body)
 
 
 INPUTS: dict[LegInput, Callable[[Rig], None]] = {
@@ -280,6 +297,7 @@ INPUTS: dict[LegInput, Callable[[Rig], None]] = {
     E.SESSION_REFRESH_DUE: lambda r: r.timers.fire(),
     # … and our refresh went unanswered until the expiry: the effects are the expiry's
     E.SESSION_EXPIRED: lambda r: (r.timers.fire(), r.take_effects(), r.timers.fire()),
+    E.RECV_ACK_ANSWER: lambda r: r.offerless_reinvite_acked(PEER_OFFER),
 }
 
 #: What the 2xx that confirms a rig's leg carries: a session timer we refresh, by UPDATE.
@@ -387,11 +405,13 @@ EXPECTED: list[tuple[LegState, LegInput, LegState, list[str]]] = [
     ),
     (S.CONFIRMED, E.RECV_REOFFER, S.CONFIRMED, ["200 INVITE", "~leg_reinvite", "media"]),
     (S.CONFIRMED, E.RECV_REQUEST, S.CONFIRMED, ["200 OPTIONS"]),
+    (S.CONFIRMED, E.RECV_ACK_ANSWER, S.CONFIRMED, ["~leg_ack_answer", "media"]),
     (S.CONFIRMED, E.RECV_2XX, S.CONFIRMED, ["ACK", "BYE", "~leg_bye_sent"]),
     (S.TERMINATING, E.BYE_ENDED, S.TERMINATED, ["terminated"]),
     (S.TERMINATING, E.RECV_BYE, S.TERMINATED, ["200 BYE", "~leg_bye_received", "terminated"]),
     (S.TERMINATING, E.RECV_REOFFER, S.TERMINATING, ["200 INVITE", "~leg_reinvite", "media"]),
     (S.TERMINATING, E.RECV_REQUEST, S.TERMINATING, ["200 OPTIONS"]),
+    (S.TERMINATING, E.RECV_ACK_ANSWER, S.TERMINATING, ["~leg_ack_answer", "media"]),
     (S.TERMINATING, E.RECV_2XX, S.TERMINATING, ["ACK", "BYE", "~leg_bye_sent"]),
     (S.TERMINATING, E.HANGUP, S.TERMINATING, []),
     (S.TERMINATED, E.RECV_2XX, S.TERMINATED, ["ACK", "BYE", "~leg_bye_sent"]),
@@ -723,3 +743,47 @@ def test_a_refresh_from_a_peer_without_timer_support_makes_us_the_refresher() ->
     assert "Require" not in headers
     live = rig.timers.live
     assert rig.leg.we_refresh and live is not None and live.delay == 50
+
+
+# ---- an SDP answer in the ACK (offerless re-INVITE, RFC 3264 §5) ---------------------------
+
+
+def test_only_the_first_ack_of_the_reinvite_we_offered_in_is_an_answer() -> None:
+    rig = rig_in(S.CONFIRMED)
+    rig.offerless_reinvite_acked(PEER_OFFER)
+    assert rig.take_effects() == ["~leg_ack_answer", "media"]
+    rig.peer_acks(PEER_OFFER)  # a retransmitted ACK: the offer is settled
+    assert rig.take_effects() == []
+    rig.peer_sends("INVITE", PEER_OFFER)  # the peer offers: its ACK carries no answer
+    assert rig.take_effects() == ["200 INVITE", "~leg_reinvite", "media"]
+    rig.peer_acks(PEER_OFFER)
+    assert rig.leg.state is S.CONFIRMED and rig.take_effects() == []
+
+
+def test_an_ack_of_another_cseq_or_without_sdp_changes_no_media() -> None:
+    rig = rig_in(S.CONFIRMED)
+    rig.peer_sends("INVITE")
+    rig.take_effects()
+    assert rig.leg.dialog is not None
+    rig.peer_sends("ACK", PEER_OFFER, cseq=(rig.leg.dialog.remote_seq or 0) - 1)
+    assert rig.take_effects() == []
+    rig.peer_acks()  # the right ACK, but no answer in it: logged, the media stays
+    assert rig.take_effects() == ["~leg_ack_without_answer"]
+    rig.peer_acks(PEER_OFFER)  # the offer was settled by the ACK without answer
+    assert rig.take_effects() == []
+
+
+def test_an_unparseable_answer_in_the_ack_leaves_the_media_as_it_was() -> None:
+    rig = rig_in(S.CONFIRMED)
+    rig.offerless_reinvite_acked(b"not sdp")
+    assert rig.leg.state is S.CONFIRMED
+    assert rig.take_effects() == ["~leg_ack_answer_unusable"]
+
+
+def test_a_new_reoffer_replaces_our_pending_offer() -> None:
+    rig = rig_in(S.CONFIRMED)
+    rig.peer_sends("INVITE")  # we offer in our 200 ...
+    rig.peer_sends("INVITE", PEER_OFFER)  # ... and the peer offers again before its ACK
+    assert rig.take_effects() == ["200 INVITE", "200 INVITE", "~leg_reinvite", "media"]
+    rig.peer_acks(PEER_OFFER)
+    assert rig.take_effects() == []
