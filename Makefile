@@ -47,6 +47,7 @@ peers:
 	for b in $(PEER_BINARIES); do \
 		PATH="$$PATH:/usr/sbin:/sbin" command -v "$$b" >/dev/null 2>&1 || missing="$$missing $$b"; \
 	done; \
+	ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || missing="$$missing kamailio-tls-modules"; \
 	if [ -z "$$missing" ]; then \
 		echo "peers: all present ($(PEER_BINARIES))"; \
 	elif [ "$$(id -u)" = 0 ]; then \

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sipdialer.sip.errors import SipError
+from sipdialer.sip.sdp_crypto import CryptoAttribute, CryptoError, parse_crypto
 
 __all__ = [
     "DIRECTIONS",
@@ -75,6 +76,8 @@ _WITHOUT_RECV = {
     "inactive": "inactive",
 }
 _PLAIN_RTP = ("RTP/AVP", "RTP/AVPF")
+#: ``a=crypto`` lines kept per audio stream (an offer lists one per suite; more is noise).
+MAX_CRYPTO_LINES = 16
 
 # RFC 3551 §6, table 4: static audio payload types.
 STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int]] = {
@@ -132,6 +135,9 @@ class AudioOffer:
     proto: str = "RTP/AVP"
     media: list[MediaLine] = field(default_factory=list)  # every m-line, in order
     audio_index: int = 0  # which of ``media`` is this audio stream
+    crypto: tuple[CryptoAttribute, ...] = ()
+    """The audio stream's ``a=crypto`` lines (RFC 4568) that parse, in the offerer's
+    order (a malformed one is skipped; whether each is usable is its ``problem``)."""
 
     @property
     def on_hold(self) -> bool:
@@ -212,6 +218,7 @@ def parse_sdp(body: bytes) -> AudioOffer:
     audio_dir: str | None = None
     audio_ptime: int | None = None
     audio_rtpmap: dict[int, tuple[str, int]] = {}
+    audio_crypto: list[CryptoAttribute] = []
     in_audio = False
 
     for kind, value in lines:
@@ -252,6 +259,11 @@ def parse_sdp(body: bytes) -> AudioOffer:
                     audio_rtpmap.setdefault(entry[0], entry[1])
             elif in_audio and name == "ptime":
                 audio_ptime = _parse_ptime(arg)
+            elif in_audio and name == "crypto" and len(audio_crypto) < MAX_CRYPTO_LINES:
+                try:
+                    audio_crypto.append(parse_crypto(arg))
+                except CryptoError:
+                    pass  # a line we cannot read is one we would not choose anyway
 
     if audio_index is None:
         raise SdpError("no audio m= line")
@@ -293,6 +305,7 @@ def parse_sdp(body: bytes) -> AudioOffer:
         proto=line.proto,
         media=media,
         audio_index=audio_index,
+        crypto=tuple(audio_crypto),
     )
 
 

@@ -106,3 +106,26 @@ def test_new_keys_have_the_suite_length_and_write_a_usable_line(suite: str) -> N
     assert len(key) == SUITES[suite].key_salt_length
     attr = CryptoAttribute(1, suite, (CryptoKey(key),))
     assert parse_crypto(attr.to_sdp()).usable
+
+
+def test_parse_sdp_keeps_the_audio_streams_crypto_lines_in_order() -> None:
+    from sipdialer.sip.sdp import parse_sdp
+
+    body = (
+        "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+        "m=audio 4000 RTP/SAVP 0\r\n"
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{B64}|2^20\r\n"
+        "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:not*base64\r\n"  # malformed: skipped
+        f"a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{B64}\r\n"
+        "m=video 5000 RTP/SAVP 96\r\n"
+        f"a=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:{B64}\r\n"  # another stream's
+    ).encode()
+    offer = parse_sdp(body)
+    assert offer.proto == "RTP/SAVP"
+    assert [(c.tag, c.suite) for c in offer.crypto] == [
+        (1, "AES_CM_128_HMAC_SHA1_80"),
+        (3, "AES_CM_128_HMAC_SHA1_32"),
+    ]
+    assert all(c.usable for c in offer.crypto)
+    plain = parse_sdp(body.replace(b"RTP/SAVP", b"RTP/AVP").split(b"a=crypto")[0])
+    assert plain.crypto == ()
