@@ -11,61 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import redis.asyncio as aioredis
 
 from sipdialer.config import RedisConfig
-from sipdialer.engine.causes import Ending, classify
-from sipdialer.engine.cdr import CallRecord, Cdr, build_cdr
 from sipdialer.notify.notifier import Notifier
+from tests.fixtures.cdr_samples import C2D_SCHEMA, CDR_SCHEMA, make_cdr, validate
 from tests.fixtures.redis import RedisServer
-
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-
-
-CDR_SCHEMA = json.loads((SCHEMAS / "cdr.schema.json").read_text())
-
-
-C2D_SCHEMA = json.loads((SCHEMAS / "c2d.schema.json").read_text())
-
-
-T0 = 1_764_186_601.123
-
-
-def validate(document: Any, schema: dict[str, Any]) -> None:
-    jsonschema.Draft202012Validator(
-        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    ).validate(document)
-
-
-def make_cdr(n: int, *, bridged: bool = True) -> Cdr:
-    t = T0 + n * 100
-    record = CallRecord(
-        id=f"call-{n:03d}",
-        call_ref=f"r{n}",
-        agent="1000",
-        callee="0820001234",
-        outbound_id="0123456789",
-        created_at=t,
-        agent_dialed_at=t + 0.01,
-        agent_answered_at=t + 1.0,
-        agent_status=200,
-        callee_dialed_at=t + 1.1,
-        callee_ringing_at=t + 1.5,
-        callee_answered_at=t + 3.0 if bridged else None,
-        callee_status=200 if bridged else 486,
-        bridged_at=t + 3.01 if bridged else None,
-        ended_at=t + 20.0,
-        recording_ref=f"Rec{n:03d}abcdefghijklmnopq" if bridged else None,
-        sip_call_ids={"agent": f"a{n}@127.0.0.1", "callee": f"b{n}@127.0.0.1"},
-    )
-    ending = (
-        Ending(kind="bye", leg="callee", bridged=True)
-        if bridged
-        else Ending(kind="rejected", leg="callee", status=486)
-    )
-    return build_cdr(record, classify(ending), public_url="https://dialer.example.com")
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
