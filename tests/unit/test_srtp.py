@@ -7,7 +7,14 @@ import struct
 
 import pytest
 
-from sipdialer.rtp.srtp import PROFILES, SrtpReceiver, SrtpSender, SrtpSetupError
+from sipdialer.rtp.srtp import (
+    PROFILES,
+    SrtpKey,
+    SrtpProtectError,
+    SrtpReceiver,
+    SrtpSender,
+    SrtpSetupError,
+)
 from sipdialer.sip.sdp_crypto import SUITES
 
 
@@ -64,3 +71,24 @@ def test_setup_errors() -> None:
         SrtpSender("F8_128_HMAC_SHA1_80", bytes(30))
     with pytest.raises(SrtpSetupError):
         SrtpReceiver("AES_CM_128_HMAC_SHA1_80", bytes(10))
+
+
+def test_an_index_is_never_encrypted_twice() -> None:
+    tx = SrtpSender("AES_CM_128_HMAC_SHA1_80", bytes(30))
+    packet = bytearray(rtp(9))  # the relay hands over its rewritten bytearray
+    tx.rtp(packet)
+    with pytest.raises(SrtpProtectError) as info:
+        tx.rtp(packet)  # same key, same index: would reuse keystream
+    assert isinstance(info.value, OSError)  # the relay's send path drops it as such
+    assert tx.rtp(rtp(10))  # the stream goes on
+
+
+def test_key_equality_and_no_key_in_repr() -> None:
+    secret = bytes(range(30))
+    key = SrtpKey("AES_CM_128_HMAC_SHA1_80", secret)
+    assert key == SrtpKey("AES_CM_128_HMAC_SHA1_80", bytes(secret))
+    assert key != SrtpKey("AES_CM_128_HMAC_SHA1_32", secret)
+    assert key != SrtpKey("AES_CM_128_HMAC_SHA1_80", bytes(30))
+    for text in (repr(key), str(key), f"{key}"):
+        assert "AES_CM_128_HMAC_SHA1_80" in text
+        assert secret.hex() not in text and repr(secret) not in text and "key_salt" not in text
