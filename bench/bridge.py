@@ -5,6 +5,8 @@
     python bench/bridge.py --against rtpengine --ramp [--ramp-start A --ramp-step B
                            --ramp-max C --ramps 3] --seconds S
     python bench/bridge.py --ramp [--no-record] ...      (the project's relay only)
+    python bench/bridge.py --srtp [--calls N | --ramp ...]      (both legs SRTP)
+    python bench/bridge.py --srtp --against plain [--calls N | --ramp ...]
 
 The *relay under test* runs pinned to one core. For the project's relay that is a child
 process: uvloop, N :class:`Bridge` objects (two legs each, symmetric RTP), each connected
@@ -50,6 +52,29 @@ other, in an order rotated from step to step, so that machine noise hits them al
 relay that failed drops out of the ramp. ``--ramps`` (default 3) ramps give
 each relay's min / median / max, and the ratio of the medians against rtpengine. The last
 line is one JSON object in every mode.
+
+``--srtp`` (the project's relay only; with ``--against rtpengine`` it is refused):
+both legs of every call are SRTP (SDES ``AES_CM_128_HMAC_SHA1_80``), with four fresh
+random keys per call — each phone's own and the relay's to each phone — so the relay
+authenticates and decrypts every packet it receives (libsrtp through
+:meth:`MediaLeg.set_srtp`), records the clear audio and encrypts every packet it sends
+under the other leg's key; nothing bypasses it (a packet that does not authenticate is
+dropped, and the phones cannot read what the relay did not encrypt). To keep one
+generator process able to drive hundreds of calls, the phones do not encrypt or decrypt
+as they go: each phone's whole run is encrypted with pylibsrtp before the run starts
+(:class:`SrtpSendBatch`; memory: ~182 bytes × 50/s × the run × 2N phones), its payload
+carrying the packet's index k instead of a send time, and the send time of each (phone,
+k) is kept in an array. What arrives is matched by the relay's port it comes from
+(which phone) and its clear RTP sequence number (which k, once the first packet of each
+stream has been decrypted to learn the relay's sequence offset), so latency is measured
+exactly as without SRTP; about one packet in ``CHECK_EVERY`` is decrypted as well and
+checked (:class:`SrtpReceiver`; ``srtp_checked``/``srtp_check_failed`` in the details,
+with the relay's ``service_srtp_forged``/``_replayed`` counters, and
+``recording_0_zero_sample_share`` — ~0.92 when the recording holds the phones' clear
+silence, ~0.01 if it held ciphertext). A run is limited to ``MAX_RUN`` packets per phone
+(10 minutes). ``--srtp --against plain`` measures the SRTP relay and the same relay on
+plain RTP at the same N, one after the other (and, with ``--ramp``, interleaved per
+step), with the ratio SRTP ÷ plain: the cost of SRTP from one run.
 
 The machine's other load skews every figure: ``other_load_on_service_core_pct`` shows
 how much of the relay's core something else took during the window.
@@ -102,6 +127,16 @@ PACKET_DTYPE = np.dtype(
 )
 assert PACKET_DTYPE.itemsize == PKT
 
+# --srtp: SDES suite of every key (both legs, both directions) and the packet size on the
+# wire. The clear packet is PACKET_DTYPE with "sent" holding the packet's index k in its
+# phone's run instead of a time (the payload is encrypted before the run starts).
+SRTP_SUITE = "AES_CM_128_HMAC_SHA1_80"
+SRTP_TAG = 10
+SRTP_PKT = PKT + SRTP_TAG
+KEY_SALT = 30  # master key (16) || master salt (14)
+MAX_RUN = 30_000  # packets per phone (10 min): a 16-bit sequence unwraps unambiguously
+CHECK_EVERY = 1000  # received packets per one decrypted to check the relay's encryption
+
 
 # --------------------------------------------------------------------------------------
 # /proc readings
@@ -145,7 +180,7 @@ def choose_cores() -> tuple[int, int]:
 # --------------------------------------------------------------------------------------
 
 
-def service_main(conn: Connection, record_dir: str | None, core: int) -> None:
+def service_main(conn: Connection, record_dir: str | None, core: int, srtp: bool = False) -> None:
     os.sched_setaffinity(0, {core})
     import resource
 
@@ -153,13 +188,14 @@ def service_main(conn: Connection, record_dir: str | None, core: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     import uvloop
 
-    uvloop.run(_service(conn, record_dir))
+    uvloop.run(_service(conn, record_dir, srtp))
 
 
-async def _service(conn: Connection, record_dir: str | None) -> None:
+async def _service(conn: Connection, record_dir: str | None, srtp: bool = False) -> None:
     from sipdialer.rtp.ports import PortAllocator
     from sipdialer.rtp.recorder import Recorder
     from sipdialer.rtp.relay import Bridge, Codec
+    from sipdialer.rtp.srtp import SrtpKey
 
     loop = asyncio.get_running_loop()
     bridges: list[Bridge] = []
@@ -169,18 +205,20 @@ async def _service(conn: Connection, record_dir: str | None) -> None:
     conn.send(("ready", os.getpid()))
 
     def totals() -> dict[str, int]:
-        t = {"packets_in": 0, "packets_out": 0, "dropped": 0}
+        t = {"packets_in": 0, "packets_out": 0, "dropped": 0, "forged": 0, "replayed": 0}
         for b in bridges:
             for leg in (b.a, b.b):
                 t["packets_in"] += leg.packets_in
                 t["packets_out"] += leg.packets_out
                 t["dropped"] += leg.packets_dropped
+                t["forged"] += leg.srtp_forged
+                t["replayed"] += leg.srtp_replayed
         return t
 
     while not done.done():
         cmd, *args = await inbox.get()
         if cmd == "open":
-            (addrs,) = args
+            addrs, keys = args
             n = len(addrs)
             alloc = PortAllocator(PORT_BASE, PORT_BASE + 4 * n + 400)
             codec = Codec("PCMU", 0, 101)
@@ -189,6 +227,10 @@ async def _service(conn: Connection, record_dir: str | None) -> None:
                 b = await Bridge.open(HOST, alloc)
                 b.a.set_remote(addr_a, codec)
                 b.b.set_remote(addr_b, codec)
+                if srtp:  # each leg: the phone's key in, ours out (SrtpKey: see SRTP_SUITE)
+                    a_in, a_out, b_in, b_out = (SrtpKey(SRTP_SUITE, k) for k in keys[i])
+                    b.a.set_srtp(a_in, a_out)
+                    b.b.set_srtp(b_in, b_out)
                 b.connect()
                 if record_dir is not None:
                     b.start_recording(Recorder(Path(record_dir) / f"{i}.wav", now=loop.time()))
@@ -201,7 +243,8 @@ async def _service(conn: Connection, record_dir: str | None) -> None:
             t = totals()
             await asyncio.gather(*(b.close() for b in bridges))
             errors = sum(1 for b in bridges if b.recording_error is not None)
-            conn.send(("closed", {**t, "recording_errors": errors}))
+            srtp_legs = sum(1 for b in bridges for leg in (b.a, b.b) if leg.srtp_active)
+            conn.send(("closed", {**t, "recording_errors": errors, "srtp_legs": srtp_legs}))
         elif cmd == "exit":
             done.set_result(None)
     loop.remove_reader(conn.fileno())
@@ -306,6 +349,95 @@ class SendBatch:
         self.sent += off
 
 
+def srtp_session(key: bytes, inbound: bool) -> Any:
+    """A libsrtp session (pylibsrtp) for one phone's direction: the phones' side of SRTP."""
+    import pylibsrtp
+
+    ssrc_type = pylibsrtp.Policy.SSRC_ANY_INBOUND if inbound else pylibsrtp.Policy.SSRC_ANY_OUTBOUND
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile))
+
+
+class SrtpSendBatch:
+    """One slot's phones, their whole run encrypted beforehand (``--srtp``).
+
+    Packet k of phone i is ``wire[k, i]`` (``SRTP_PKT`` bytes, each phone's stream
+    encrypted in order with its own key); sending tick k points the iovecs at row k (one
+    numpy store) and records the send time in ``sent_at[phone, k]`` (CLOCK_REALTIME, as
+    the kernel's receive timestamps), so latency needs no time inside the payload.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        phones: np.ndarray,
+        dests: list[tuple[str, int]],
+        keys: list[bytes],
+        n_packets: int,
+        sent_at: np.ndarray,
+    ) -> None:
+        m = len(phones)
+        self.fd = fd
+        self.m = m
+        self.n = n_packets
+        self.k = 0
+        self.phones = phones.astype(np.int64)
+        self.sent_at = sent_at
+        rng = np.random.default_rng(int(phones[0]) if m else 0)
+        ks = np.arange(n_packets, dtype=np.int64)[:, None]
+        clear = np.zeros((n_packets, m), dtype=PACKET_DTYPE)
+        clear["b0"] = 0x80
+        clear["seq"] = (rng.integers(0, 65536, m)[None, :] + ks) & 0xFFFF
+        clear["ts"] = (rng.integers(0, 2**32, m, dtype=np.int64)[None, :] + 160 * ks) & 0xFFFFFFFF
+        clear["ssrc"] = rng.integers(0, 2**32, m, dtype=np.uint64)[None, :]
+        clear["sent"] = ks  # the packet's index in its phone's run
+        clear["phone"] = phones[None, :]
+        clear["audio"] = 0xFF  # µ-law silence
+        raw = clear.view(np.uint8).reshape(n_packets, m, PKT)
+        self.wire = np.empty((n_packets, m, SRTP_PKT), dtype=np.uint8)
+        for i in range(m):
+            protect = srtp_session(keys[i], inbound=False).protect
+            column = raw[:, i, :]
+            packets = b"".join(protect(column[k].tobytes()) for k in range(n_packets))
+            self.wire[:, i, :] = np.frombuffer(packets, dtype=np.uint8).reshape(-1, SRTP_PKT)
+        self.names = np.frombuffer(b"".join(sockaddr_in(*d) for d in dests), dtype=np.uint8)
+        self.iov = (IoVec * max(m, 1))()
+        self.msgs = (MMsgHdr * max(m, 1))()
+        nbase = self.names.ctypes.data
+        for i in range(m):
+            self.iov[i].iov_len = SRTP_PKT
+            h = self.msgs[i].msg_hdr
+            h.msg_name = nbase + i * 16
+            h.msg_namelen = 16
+            h.msg_iov = ctypes.pointer(self.iov[i])
+            h.msg_iovlen = 1
+        self.iov_base = np.frombuffer(self.iov, dtype=np.uint64).reshape(-1, 2)[:m, 0]
+        self.row0 = self.wire.ctypes.data + np.arange(m, dtype=np.uint64) * SRTP_PKT
+        self.msgs_addr = ctypes.addressof(self.msgs)
+        self.sent = 0
+        self.errors = 0
+        self.overrun = 0
+
+    def send(self) -> None:
+        if not self.m:
+            return
+        k = self.k
+        if k >= self.n:  # ran past what was encrypted (should not happen)
+            self.overrun += self.m
+            return
+        self.iov_base[:] = self.row0 + k * self.m * SRTP_PKT
+        self.sent_at[self.phones, k] = time.time_ns()
+        self.k = k + 1
+        off = 0
+        while off < self.m:
+            r = _sendmmsg(self.fd, self.msgs_addr + off * MMSG_SIZE, self.m - off, 0)
+            if r <= 0:
+                self.errors += self.m - off
+                break
+            off += r
+        self.sent += off
+
+
 SO_TIMESTAMPNS = 35
 CMSG_SPACE = 32  # cmsghdr (16) + struct timespec (16)
 
@@ -364,6 +496,133 @@ class Receiver:
                 return total
 
 
+class SrtpReceiver:
+    """recvmmsg of SRTP (``--srtp``): counts per phone and latencies without decrypting
+    every packet.
+
+    The relay's port a packet comes from names the phone it is for (``phone_of_port``)
+    and the sending phone is that phone's partner. The first packet each phone receives
+    is decrypted with the relay's key for that leg, which gives the index k its sender
+    put in it: with the relay's (clear) sequence number that fixes the mapping sequence
+    → k for the rest of the run (the relay rewrites the sequence by a constant offset
+    per stream), so later packets are matched by their sequence number alone and their
+    latency is arrival − ``sent_at[sender, k]``. Besides, about one packet in
+    ``CHECK_EVERY`` is decrypted and its k and sender checked against that mapping
+    (``srtp_checked`` / ``srtp_check_failed``): the relay really encrypts, with the
+    right key, all along.
+    """
+
+    def __init__(
+        self, n_phones: int, phone_of_port: np.ndarray, rx_keys: list[bytes], sent_at: np.ndarray
+    ) -> None:
+        self.buf = np.zeros((VLEN, SRTP_PKT + 16), dtype=np.uint8)  # room to see oversize
+        self.names = np.zeros((VLEN, 16), dtype=np.uint8)
+        self.ctrl = np.zeros((VLEN, CMSG_SPACE // 8), dtype=np.int64)
+        self.iov = (IoVec * VLEN)()
+        self.msgs = (MMsgHdr * VLEN)()
+        width = self.buf.shape[1]
+        for i in range(VLEN):
+            self.iov[i].iov_base = self.buf.ctypes.data + i * width
+            self.iov[i].iov_len = width
+            h = self.msgs[i].msg_hdr
+            h.msg_name = self.names.ctypes.data + i * 16
+            h.msg_namelen = 16
+            h.msg_iov = ctypes.pointer(self.iov[i])
+            h.msg_iovlen = 1
+            h.msg_control = self.ctrl.ctypes.data + i * CMSG_SPACE
+            h.msg_controllen = CMSG_SPACE
+        self.msgs_addr = ctypes.addressof(self.msgs)
+        words = np.frombuffer(self.msgs, dtype=np.uint64).reshape(VLEN, MMSG_SIZE // 8)
+        self.controllen = words[:, MsgHdr.msg_controllen.offset // 8]
+        self.namelen = words[:, MsgHdr.msg_namelen.offset // 8]  # (u32 + padding)
+        self.msg_len = np.frombuffer(self.msgs, dtype=np.uint32).reshape(VLEN, MMSG_SIZE // 4)[
+            :, MMsgHdr.msg_len.offset // 4
+        ]
+        self.phone_of_port = phone_of_port
+        self.rx_keys = rx_keys
+        self.sessions: dict[int, Any] = {}
+        self.sent_at = sent_at
+        self.seq_base = np.full(n_phones, -1, dtype=np.int64)
+        self.k_base = np.zeros(n_phones, dtype=np.int64)
+        self.counts = np.zeros(n_phones, dtype=np.int64)
+        self.latencies: list[np.ndarray] = []
+        self.collect_after = 1 << 62
+        self.bad = 0
+        self.checked = 0
+        self.check_failed = 0
+        self.received = 0
+        self.next_check = 0
+
+    def _decrypt(self, phone: int, row: int, length: int) -> tuple[int, int] | None:
+        """(k, sender phone) inside received packet ``row`` for ``phone``, or None."""
+        import pylibsrtp
+
+        session = self.sessions.get(phone)
+        if session is None:
+            session = self.sessions[phone] = srtp_session(self.rx_keys[phone], inbound=True)
+        try:
+            clear = session.unprotect(self.buf[row, :length].tobytes())
+        except pylibsrtp.Error:
+            return None
+        if len(clear) != PKT:
+            return None
+        k = int.from_bytes(clear[12:20], "little")
+        sender = int.from_bytes(clear[20:24], "little")
+        return k, sender
+
+    def drain(self, fd: int) -> int:
+        total = 0
+        while True:
+            self.controllen[:] = CMSG_SPACE
+            self.namelen[:] = 16
+            r = _recvmmsg(fd, self.msgs_addr, VLEN, MSG_DONTWAIT, None)
+            if r <= 0:
+                return total
+            total += r
+            ports = self.names[:r, 2].astype(np.int64) * 256 + self.names[:r, 3]
+            recv = self.phone_of_port[ports]
+            ok = (recv >= 0) & (self.msg_len[:r] == SRTP_PKT)
+            recv = np.where(ok, recv, 0)
+            seq = self.buf[:r, 2].astype(np.int64) * 256 + self.buf[:r, 3]
+            first = ok & (self.seq_base[recv] < 0)
+            for row in np.nonzero(first)[0]:  # a phone's first packet: learn its mapping
+                phone = int(recv[row])
+                if self.seq_base[phone] >= 0:
+                    continue
+                got = self._decrypt(phone, int(row), SRTP_PKT)
+                if got is None or got[1] != phone ^ 1:
+                    self.check_failed += 1
+                    ok[row] = False
+                    continue
+                self.checked += 1
+                self.seq_base[phone], self.k_base[phone] = int(seq[row]), got[0]
+            d = (seq - self.seq_base[recv]) & 0xFFFF
+            d = np.where(d >= 32768, d - 65536, d)
+            k = self.k_base[recv] + d
+            valid = ok & (self.seq_base[recv] >= 0) & (k >= 0) & (k < self.sent_at.shape[1])
+            self.bad += int(r - valid.sum())
+            sender = recv[valid] ^ 1
+            kv = k[valid]
+            np.add.at(self.counts, sender, 1)
+            arrived = self.ctrl[:r, 2][valid] * 1_000_000_000 + self.ctrl[:r, 3][valid]
+            sent = self.sent_at[sender, kv]
+            keep = sent >= self.collect_after
+            if keep.any():
+                self.latencies.append(arrived[keep] - sent[keep])
+            self.received += r
+            sample = np.nonzero(valid & ~first)[0] if self.received >= self.next_check else ()
+            if len(sample):  # every ~1000th packet decrypted: the mapping still holds
+                self.next_check = self.received + CHECK_EVERY
+                last = int(sample[-1])
+                got = self._decrypt(int(recv[last]), last, SRTP_PKT)
+                if got == (int(k[last]), int(recv[last]) ^ 1):
+                    self.checked += 1
+                else:
+                    self.check_failed += 1
+            if r < VLEN:
+                return total
+
+
 # --------------------------------------------------------------------------------------
 # The relays under test
 # --------------------------------------------------------------------------------------
@@ -377,13 +636,17 @@ class RelayUnderTest(Protocol):
 
     name: str  # key in the JSON output
     label: str  # for the human-readable lines
+    srtp: bool  # both legs of every call SRTP (the phones encrypt)
 
     def start(self, calls: int) -> int:
         """Start the relay for up to ``calls`` calls; the pid whose CPU and RSS count."""
         ...
 
-    def open(self, phones: list[tuple[Address, Address]]) -> list[tuple[int, int]]:
-        """One call per (phone A, phone B): the ports A and B send to."""
+    def open(
+        self, phones: list[tuple[Address, Address]], keys: list[tuple[bytes, ...]] | None = None
+    ) -> list[tuple[int, int]]:
+        """One call per (phone A, phone B): the ports A and B send to. ``keys`` (with
+        ``srtp``): per call A's key, the relay's key to A, B's key, the relay's key to B."""
         ...
 
     def relayed(self) -> int:
@@ -402,12 +665,17 @@ class RelayUnderTest(Protocol):
 class SipdialerRelay:
     """The project's relay: :func:`service_main` in a child process."""
 
-    def __init__(self, core: int, record: bool, keep: bool = False) -> None:
+    def __init__(self, core: int, record: bool, keep: bool = False, srtp: bool = False) -> None:
         self.core = core
         self.record = record
         self.keep = keep
-        self.name = "sipdialer_recorded" if record else "sipdialer_unrecorded"
-        self.label = "sipdialer Bridge + Recorder" if record else "sipdialer Bridge (no recording)"
+        self.srtp = srtp
+        self.name = ("sipdialer_recorded" if record else "sipdialer_unrecorded") + (
+            "_srtp" if srtp else ""
+        )
+        self.label = ("sipdialer Bridge + Recorder" if record else "sipdialer Bridge") + (
+            ", SRTP both legs" if srtp else (" (no recording)" if not record else "")
+        )
         self.record_dir: str | None = None
         self.proc: BaseProcess | None = None
         self.conn: Connection | None = None
@@ -418,7 +686,7 @@ class SipdialerRelay:
         self.record_dir = tempfile.mkdtemp(prefix="bench-bridge-") if self.record else None
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
-            target=service_main, args=(child, self.record_dir, self.core), daemon=True
+            target=service_main, args=(child, self.record_dir, self.core, self.srtp), daemon=True
         )
         self.proc.start()
         tag, pid = self.conn.recv()
@@ -430,9 +698,12 @@ class SipdialerRelay:
         self.conn.send(message)
         return self.conn.recv()[1]
 
-    def open(self, phones: list[tuple[Address, Address]]) -> list[tuple[int, int]]:
+    def open(
+        self, phones: list[tuple[Address, Address]], keys: list[tuple[bytes, ...]] | None = None
+    ) -> list[tuple[int, int]]:
+        assert (keys is not None) == self.srtp
         self.calls = len(phones)
-        return [(int(a), int(b)) for a, b in self._ask("open", phones)]
+        return [(int(a), int(b)) for a, b in self._ask("open", phones, keys)]
 
     def relayed(self) -> int:
         return int(self._ask("stats")["packets_out"])
@@ -447,6 +718,9 @@ class SipdialerRelay:
             "service_out": closed["packets_out"],
             "service_dropped": closed["dropped"],
             "recording_errors": closed["recording_errors"],
+            "service_srtp_legs": closed["srtp_legs"],
+            "service_srtp_forged": closed["forged"],
+            "service_srtp_replayed": closed["replayed"],
             "recordings": self.record_dir if self.keep else None,
         }
         if self.record_dir is not None:
@@ -469,6 +743,7 @@ class RtpengineRelay:
 
     name = "rtpengine"
     label = "rtpengine (userspace, 1 thread, no recording)"
+    srtp = False  # its SDES set-up over ng is not wired here (main() refuses the mix)
 
     def __init__(self, core: int) -> None:
         self.core = core
@@ -488,8 +763,10 @@ class RtpengineRelay:
         )
         return self.daemon.start()
 
-    def open(self, phones: list[tuple[Address, Address]]) -> list[tuple[int, int]]:
-        assert self.daemon is not None
+    def open(
+        self, phones: list[tuple[Address, Address]], keys: list[tuple[bytes, ...]] | None = None
+    ) -> list[tuple[int, int]]:
+        assert self.daemon is not None and keys is None
         run_tag = os.urandom(4).hex()
         ports = []
         for i, (phone_a, phone_b) in enumerate(phones):
@@ -582,13 +859,50 @@ def measure(
         # sending and receiving on socks[slot]
         slot_of = np.arange(n_phones) % SLOTS
         addr_of = [socks[int(slot_of[j])].getsockname() for j in range(n_phones)]
-        ports = relay.open([(addr_of[2 * i], addr_of[2 * i + 1]) for i in range(calls)])
+        keys: list[tuple[bytes, ...]] | None = None
+        n_packets = int((warmup + seconds) * 1e9 / PTIME_NS) + 3
+        if relay.srtp:
+            if n_packets > MAX_RUN:
+                raise ValueError(f"--srtp runs last at most {MAX_RUN * PTIME_NS / 1e9:.0f} s")
+            # per call, fresh: A's key (A → relay), the relay's to A, B's, the relay's to B
+            keys = [tuple(os.urandom(KEY_SALT) for _ in range(4)) for _ in range(calls)]
+        sent_at = np.zeros((n_phones, n_packets if relay.srtp else 0), dtype=np.int64)
+        ports = relay.open([(addr_of[2 * i], addr_of[2 * i + 1]) for i in range(calls)], keys)
         dest = [(HOST, ports[j // 2][j % 2]) for j in range(n_phones)]
-        batches = []
-        for slot in range(SLOTS):
-            phones = np.nonzero(slot_of == slot)[0].astype(np.uint32)
-            batches.append(SendBatch(socks[slot].fileno(), phones, [dest[j] for j in phones]))
-        rx = Receiver(n_phones)
+        batches: list[SendBatch | SrtpSendBatch] = []
+        rx: Receiver | SrtpReceiver
+        if keys is None:
+            for slot in range(SLOTS):
+                phones = np.nonzero(slot_of == slot)[0].astype(np.uint32)
+                batches.append(SendBatch(socks[slot].fileno(), phones, [dest[j] for j in phones]))
+            rx = Receiver(n_phones)
+        else:
+            # phone j (call j // 2, side j % 2) sends with keys[..][2 side], receives
+            # under keys[..][2 side + 1]
+            tx_key = [keys[j // 2][2 * (j % 2)] for j in range(n_phones)]
+            rx_key = [keys[j // 2][2 * (j % 2) + 1] for j in range(n_phones)]
+            t_enc = time.monotonic()
+            for slot in range(SLOTS):
+                phones = np.nonzero(slot_of == slot)[0].astype(np.uint32)
+                batches.append(
+                    SrtpSendBatch(
+                        socks[slot].fileno(),
+                        phones,
+                        [dest[j] for j in phones],
+                        [tx_key[j] for j in phones],
+                        n_packets,
+                        sent_at,
+                    )
+                )
+            phone_of_port = np.full(65536, -1, dtype=np.int64)
+            for i, (port_a, port_b) in enumerate(ports):
+                phone_of_port[port_a], phone_of_port[port_b] = 2 * i, 2 * i + 1
+            rx = SrtpReceiver(n_phones, phone_of_port, rx_key, sent_at)
+            print(
+                f"  (encrypted {n_phones} phones x {n_packets} packets beforehand in "
+                f"{time.monotonic() - t_enc:.1f} s)",
+                flush=True,
+            )
         for s in socks:
             sel.register(s, selectors.EVENT_READ)
 
@@ -649,8 +963,18 @@ def measure(
             "sent": sent,
             "received": received,
             "send_errors": sum(b.errors for b in batches),
+            "received_unmatched": rx.bad,
             **closed,
             "generator_max_lag_ms": round(max_lag / 1e6, 2),
+            **(
+                {
+                    "srtp_checked": rx.checked,  # packets decrypted by the phones and right
+                    "srtp_check_failed": rx.check_failed,
+                    "send_overrun": sum(getattr(b, "overrun", 0) for b in batches),
+                }
+                if isinstance(rx, SrtpReceiver)
+                else {}
+            ),
             # the service core's busy time beyond the relay itself (other processes,
             # interrupts): a busy machine shows here, and in the latencies
             "other_load_on_service_core_pct": round(
@@ -685,9 +1009,19 @@ def check_recordings(directory: Path, calls: int) -> dict[str, Any]:
         info = soundfile.info(str(directory / f"{i}.wav"))
         assert info.channels == 2 and info.samplerate == 8000
         durations.append(info.duration)
+    # the phones send µ-law silence but for 12 bytes of each payload (index, phone): in a
+    # recording of the clear audio ~92 % of the samples during the call are 0; written
+    # from ciphertext it would be ~1 %
+    # (share of 0 samples in the 20 ms frames of call 0 that are not all 0)
+    samples, _ = soundfile.read(str(directory / "0.wav"), dtype="int16")
+    frames = samples[: len(samples) // 160 * 160].T.reshape(-1, 160)
+    active = frames[np.any(frames != 0, axis=1)]
     return {
         "recording_seconds_min": round(min(durations), 2),
         "recording_seconds_max": round(max(durations), 2),
+        "recording_0_zero_sample_share": round(float(np.mean(active == 0)), 3)
+        if active.size
+        else None,
     }
 
 
@@ -704,10 +1038,14 @@ def passes(result: dict[str, Any]) -> bool:
     return bool(result["loss_pct"] < MAX_LOSS_PCT and result["p50_ms"] < MAX_P50_MS)
 
 
-def make_relays(against: str | None, record: bool, keep: bool, core: int) -> list[RelayUnderTest]:
+def make_relays(
+    against: str | None, record: bool, keep: bool, core: int, srtp: bool = False
+) -> list[RelayUnderTest]:
     relays: list[RelayUnderTest] = []
     if against is None:
-        return [SipdialerRelay(core, record, keep)]
+        return [SipdialerRelay(core, record, keep, srtp)]
+    if against == "plain":  # the same relay, SRTP on both legs vs plain RTP
+        return [SipdialerRelay(core, record, keep, True), SipdialerRelay(core, record, False)]
     if record:
         relays.append(SipdialerRelay(core, True, keep))
     relays.append(SipdialerRelay(core, False))
@@ -715,16 +1053,19 @@ def make_relays(against: str | None, record: bool, keep: bool, core: int) -> lis
     return relays
 
 
-def ratios(values: dict[str, float | None]) -> dict[str, float | None]:
-    """Each sipdialer figure ÷ rtpengine's (None where either is missing or zero)."""
-    if "rtpengine" not in values:
+def ratios(
+    values: dict[str, float | None], base_name: str = "rtpengine"
+) -> dict[str, float | None]:
+    """Each other figure ÷ ``base_name``'s (rtpengine's, or the plain relay's against
+    SRTP; None where either is missing or zero)."""
+    if base_name not in values:
         return {}
-    base = values["rtpengine"]
+    base = values[base_name]
     out: dict[str, float | None] = {}
     for name, value in values.items():
-        if name == "rtpengine":
+        if name == base_name:
             continue
-        out[f"{name}/rtpengine"] = round(value / base, 3) if value is not None and base else None
+        out[f"{name}/{base_name}"] = round(value / base, 3) if value is not None and base else None
     return out
 
 
@@ -758,7 +1099,7 @@ def side_by_side(
         "seconds": seconds,
         "relays": out,
         "capacity_estimate_from_cpu": estimate,
-        "ratio_estimate": ratios(estimate),
+        "ratio_estimate": ratios(estimate, relays[-1].name),
     }
 
 
@@ -821,7 +1162,8 @@ def ramp(
         },
         "capacity": capacity,
         "ratio_of_medians": ratios(
-            {name: float(statistics.median_low(values)) for name, values in runs.items()}
+            {name: float(statistics.median_low(values)) for name, values in runs.items()},
+            relays[-1].name,
         ),
     }
 
@@ -838,8 +1180,15 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the recordings' directory")
     ap.add_argument(
         "--against",
-        choices=["rtpengine"],
-        help="also measure rtpengine and the unrecorded relay, same load, same rule",
+        choices=["rtpengine", "plain"],
+        help="rtpengine: also measure rtpengine and the unrecorded relay; plain (with "
+        "--srtp): also measure the same relay without SRTP; same load, same rule",
+    )
+    ap.add_argument(
+        "--srtp",
+        action="store_true",
+        help="both legs of every call SRTP (SDES, AES_CM_128_HMAC_SHA1_80, a key per leg "
+        "and direction): the relay decrypts, records, encrypts",
     )
     ap.add_argument("--ramp", action="store_true", help="walk N up until the pass rule fails")
     ap.add_argument("--ramp-start", type=int, default=100, help="first N of a ramp")
@@ -848,9 +1197,16 @@ def main() -> None:
     ap.add_argument("--ramps", type=int, default=3, help="number of ramps")
     args = ap.parse_args()
     cores = choose_cores()  # before this process pins itself
-    if args.against is not None:
+    if args.srtp and args.against == "rtpengine":
+        ap.error(
+            "--srtp measures the project's relay only (rtpengine's SDES set-up over ng is "
+            "not wired into this bench); use --srtp --against plain for the cost of SRTP"
+        )
+    if args.against == "plain" and not args.srtp:
+        ap.error("--against plain compares with --srtp: add --srtp")
+    if args.against == "rtpengine":
         RtpengineDaemon.binary()  # fail early, with the install hint, if it is missing
-    relays = make_relays(args.against, not args.no_record, args.keep, cores[0])
+    relays = make_relays(args.against, not args.no_record, args.keep, cores[0], args.srtp)
     if args.ramp:
         if args.ramp_start < 1 or args.ramp_step < 1 or args.ramps < 1:
             ap.error("--ramp-start, --ramp-step and --ramps must be positive")
@@ -889,7 +1245,8 @@ def main() -> None:
     m = measure(relays[0], args.calls, args.seconds, args.warmup, cores)
     r, info = m["result"], m["info"]
     print(
-        f"{r['calls']} calls{' (no recording)' if args.no_record else ' recorded'}, "
+        f"{r['calls']} calls{' (no recording)' if args.no_record else ' recorded'}"
+        f"{', SRTP both legs' if args.srtp else ''}, "
         f"{info['seconds']} s measured: {r['pps']} packets/s relayed, "
         f"CPU {r['cpu_pct']} % of one core, RSS {r['rss_kb_per_call']} kB/call"
     )
