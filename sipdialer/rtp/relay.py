@@ -407,13 +407,19 @@ class MediaLeg(asyncio.DatagramProtocol):
         suite and bytes) keeps its libsrtp context (rollover counter, replay window and
         per-SSRC state go on); a different key starts a new context (a new SSRC from the
         peer needs none: the inbound context takes any SSRC); ``None`` returns that
-        direction to plain RTP. Packets still in flight under a replaced inbound key are
-        dropped as forged. A suite we do not speak or a key of the wrong length raises
+        direction to plain RTP. After an inbound re-key the old key is still accepted
+        for packets in flight (:data:`~sipdialer.rtp.srtp.KEY_OVERLAP` seconds at most,
+        and no longer once a packet under the new key has arrived). A suite we do not
+        speak or a key of the wrong length raises
         :class:`~sipdialer.rtp.srtp.SrtpSetupError` and changes nothing.
         """
         rx, tx = self._srtp_rx, self._srtp_tx
         if inbound != self._srtp_in:
-            rx = None if inbound is None else SrtpReceiver(inbound.suite, inbound.key_salt)
+            rx = (
+                None
+                if inbound is None
+                else SrtpReceiver(inbound.suite, inbound.key_salt, previous=self._srtp_rx)
+            )
         if outbound != self._srtp_out:
             tx = None if outbound is None else SrtpSender(outbound.suite, outbound.key_salt)
         if rx is not self._srtp_rx:

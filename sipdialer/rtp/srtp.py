@@ -12,6 +12,7 @@ aiortc uses). Keys are held here and nowhere else in the relay; nothing here log
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pylibsrtp
@@ -37,6 +38,9 @@ PROFILES: dict[str, int] = {
 _REPLAY = ("replay check failed (bad index)", "replay check failed (index too old)")
 #: RTP packets the replay window remembers (libsrtp's default is 128).
 WINDOW = 1024
+#: Seconds a replaced inbound key is still accepted after a re-key (packets in flight; a
+#: peer that switches keys when our answer reaches it), unless its new key is seen first.
+KEY_OVERLAP = 2.0
 
 
 class SrtpSetupError(RtpError, ValueError):
@@ -75,14 +79,25 @@ def _policy(suite: str, key_salt: bytes, ssrc_type: int) -> pylibsrtp.Policy:
 
 
 class SrtpReceiver:
-    """Checks and decrypts SRTP/SRTCP from a peer keyed with the peer's master key."""
+    """Checks and decrypts SRTP/SRTCP from a peer keyed with the peer's master key.
 
-    __slots__ = ("_session", "forged", "replayed")
+    ``previous``: the receiver this one replaces (the peer re-keyed). What fails under
+    the new key is tried under the old one for :data:`KEY_OVERLAP` seconds, or until the
+    first RTP packet under the new key, whichever comes first; the old context keeps its
+    own replay window. Only what fails under both is counted (as replayed if either
+    context saw it before, else as forged)."""
 
-    def __init__(self, suite: str, key_salt: bytes) -> None:
+    __slots__ = ("_previous", "_session", "_until", "forged", "replayed")
+
+    def __init__(self, suite: str, key_salt: bytes, previous: SrtpReceiver | None = None) -> None:
         self._session = pylibsrtp.Session(
             _policy(suite, key_salt, pylibsrtp.Policy.SSRC_ANY_INBOUND)
         )
+        self._previous: pylibsrtp.Session | None = None
+        self._until = 0.0
+        if previous is not None:
+            self._previous = previous._session
+            self._until = time.monotonic() + KEY_OVERLAP
         self.forged = 0
         """Packets that failed authentication (wrong key, tampered, garbage)."""
         self.replayed = 0
@@ -91,28 +106,42 @@ class SrtpReceiver:
     def rtp(self, packet: bytes) -> bytes | None:
         """The plain RTP packet, or None (dropped and counted)."""
         try:
-            return self._session.unprotect(packet)
+            clear = self._session.unprotect(packet)
         except pylibsrtp.Error as exc:
-            self._count(exc)
+            return self._failed(packet, exc, False)
         except ValueError:  # longer than libsrtp's buffer
             self.forged += 1
-        return None
+            return None
+        if self._previous is not None:  # the peer uses its new key: the old one is done
+            self._previous = None
+        return clear
 
     def rtcp(self, packet: bytes) -> bytes | None:
         """The plain RTCP packet, or None (dropped and counted)."""
         try:
             return self._session.unprotect_rtcp(packet)
         except pylibsrtp.Error as exc:
-            self._count(exc)
+            return self._failed(packet, exc, True)
         except ValueError:
             self.forged += 1
         return None
 
-    def _count(self, exc: pylibsrtp.Error) -> None:
-        if str(exc) in _REPLAY:
+    def _failed(self, packet: bytes, exc: pylibsrtp.Error, rtcp: bool) -> bytes | None:
+        replay = str(exc) in _REPLAY
+        old = self._previous
+        if old is not None:
+            if time.monotonic() < self._until:
+                try:
+                    return old.unprotect_rtcp(packet) if rtcp else old.unprotect(packet)
+                except pylibsrtp.Error as old_exc:
+                    replay = replay or str(old_exc) in _REPLAY
+            else:
+                self._previous = None
+        if replay:
             self.replayed += 1
         else:
             self.forged += 1
+        return None
 
 
 class SrtpSender:

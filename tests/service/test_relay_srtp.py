@@ -435,24 +435,33 @@ def test_rekey_mid_call_and_ssrc_change(run: Callable[[Scenario], None]) -> None
         pb.send(bridge.b.local_port, b"\x02" * 160)
         _, got = await pa.recv()  # our outbound context goes on too
         assert got == b"\x02" * 160
-        # a new inbound key: the old one is refused from now on, the new one works, and
-        # the counters keep what the old context counted
+        # a new inbound key (answered, say, before the peer has our answer): packets
+        # still under the old key pass (with the old replay window) until the first one
+        # under the new key arrives; from then on only the new key works
         new_in = new_key("AES_CM_128_HMAC_SHA1_32")
         leg.set_srtp(new_in, out)
-        pa.send(port, b"\x03" * 160)  # still the old key
+        pa.send(port, b"\x03" * 160)  # in flight under the old key
+        _, got = await pb.recv()
+        assert got == b"\x03" * 160
+        pa.send_raw(port, first)
         await pb.nothing(0.05)
-        assert leg.srtp_forged == 1 and leg.srtp_replayed == 2
+        assert leg.srtp_forged == 0 and leg.srtp_replayed == 3
+        old_tx = pa._tx
+        assert old_tx is not None
         pa.keys(new_in, out)
         pa.send(port, b"\x04" * 160)
         _, got = await pb.recv()
         assert got == b"\x04" * 160
+        pa.send_raw(port, old_tx.protect(packet.build(0, pa.seq, pa.ts, pa.ssrc, b"\x05" * 160)))
+        await pb.nothing(0.05)
+        assert leg.srtp_forged == 1 and leg.srtp_replayed == 3
         # the peer changes SSRC (and sequence): a new stream of the same key, relayed as
         # the same outgoing stream to B with the marker set
         ssrc_before = bridge.b.ssrc
         pa.ssrc, pa.seq = (pa.ssrc + 1) & 0xFFFFFFFF, random.randrange(65536)
-        pa.send(port, b"\x05" * 160)
+        pa.send(port, b"\x0b" * 160)
         hdr, got = await pb.recv()
-        assert got == b"\x05" * 160 and hdr.ssrc == ssrc_before and hdr.marker
+        assert got == b"\x0b" * 160 and hdr.ssrc == ssrc_before and hdr.marker
         # a new outbound key: what A receives needs it
         new_out = new_key()
         leg.set_srtp(new_in, new_out)
@@ -470,7 +479,7 @@ def test_rekey_mid_call_and_ssrc_change(run: Callable[[Scenario], None]) -> None
         pb.send(bridge.b.local_port, b"\x08" * 160)
         _, got = await pa.recv()
         assert got == b"\x08" * 160
-        assert leg.srtp_forged == 1 and leg.srtp_replayed == 2
+        assert leg.srtp_forged == 1 and leg.srtp_replayed == 3
 
     run(with_bridge(body))
 

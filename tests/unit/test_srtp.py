@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from sipdialer.rtp import srtp
 from sipdialer.rtp.srtp import (
     PROFILES,
     SrtpKey,
@@ -92,3 +93,24 @@ def test_key_equality_and_no_key_in_repr() -> None:
     for text in (repr(key), str(key), f"{key}"):
         assert "AES_CM_128_HMAC_SHA1_80" in text
         assert secret.hex() not in text and repr(secret) not in text and "key_salt" not in text
+
+
+def test_a_replaced_key_overlaps_until_the_new_one_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    old_tx, new_tx = SrtpSender(suite, bytes(30)), SrtpSender(suite, b"\x02" * 30)
+    old_rx = SrtpReceiver(suite, bytes(30))
+    first = old_tx.rtp(rtp(1))
+    assert old_rx.rtp(first) == rtp(1)
+    rx = SrtpReceiver(suite, b"\x02" * 30, previous=old_rx)
+    assert rx.rtp(old_tx.rtp(rtp(2))) == rtp(2)  # in flight under the old key
+    assert rx.rtp(first) is None  # the old context's replay window still holds
+    assert (rx.forged, rx.replayed) == (0, 1)
+    assert rx.rtp(new_tx.rtp(rtp(3))) == rtp(3)  # the new key is in use ...
+    assert rx.rtp(old_tx.rtp(rtp(4))) is None  # ... so the old one is done
+    assert (rx.forged, rx.replayed) == (1, 1)
+    # and the overlap is bounded in time (KEY_OVERLAP seconds from the re-key)
+    monkeypatch.setattr(srtp, "KEY_OVERLAP", 0.0)
+    late = SrtpReceiver(suite, b"\x02" * 30, previous=SrtpReceiver(suite, bytes(30)))
+    assert late.rtp(old_tx.rtp(rtp(5))) is None and late.forged == 1
