@@ -44,8 +44,10 @@ A load *passes* when ``loss_pct`` < 0.1 and ``p50_ms`` < 10 (``p99_ms`` is repor
 ``--against rtpengine`` measures, in one run and at the same N, the project's relay
 recording, the project's relay with ``--no-record``, and rtpengine (``--no-record`` drops
 the recorded one); at one N it prints each one's figures, whether it passed and a capacity
-*estimate* from its CPU per call (N ÷ CPU share; low N underestimates, as every packet
-then costs a wake-up), with their ratios. ``--ramp`` measures capacity instead: from
+*estimate* from its CPU per packet relayed (packets/s ÷ 100 per call ÷ CPU share; equal
+to N ÷ CPU share when nothing is lost; low N underestimates, as every packet then costs
+a wake-up, and a core shared with other work, where packets come in bursts,
+overestimates), with their ratios. ``--ramp`` measures capacity instead: from
 ``--ramp-start`` calls up by ``--ramp-step`` until a relay fails the rule, its capacity
 being the last N it passed (0 if none); within each step the relays run one after the
 other, in an order rotated from step to step, so that machine noise hits them alike; a
@@ -1093,8 +1095,10 @@ def side_by_side(
         print(summary_line(relay.label, r, info), flush=True)
         print(f"  details: {json.dumps(info)}", flush=True)
         out[relay.name] = {**r, "pass": passes(r)}
-        # calls one core would carry if CPU were the only limit: an estimate, not a ramp
-        estimate[relay.name] = round(100.0 * calls / r["cpu_pct"]) if r["cpu_pct"] > 0 else None
+        # calls one core would carry if CPU were the only limit: an estimate, not a ramp.
+        # Per packet relayed (a call is 100 packets/s relayed), so that a relay that fell
+        # behind (relayed less than it was sent) is not credited with the CPU it did not use
+        estimate[relay.name] = round(r["pps"] / r["cpu_pct"]) if r["cpu_pct"] > 0 else None
     return {
         "calls": calls,
         "seconds": seconds,
