@@ -42,11 +42,27 @@ Behaviour:
   one at a random phase, so calls started together do not flush together) and
   :meth:`~sipdialer.rtp.recorder.Recorder.close` on :meth:`Bridge.stop_recording` or
   :meth:`Bridge.close`. A recorder error (disk full) stops the recording, never the call.
+* **SRTP (SDES, RFC 3711/4568).** :meth:`MediaLeg.set_srtp` gives a leg the key its party
+  encrypts with (inbound) and ours for it (outbound), each direction optional, so any mix
+  bridges: SRTP↔RTP, SRTP↔SRTP with different keys, PCMU↔PCMA under SRTP. An inbound key
+  makes the leg check and decrypt every packet first (libsrtp via
+  :mod:`sipdialer.rtp.srtp`), so the latch, the recorder (clear audio) and the relaying
+  see only authentic, decrypted RTP; a forged or replayed packet is dropped and counted
+  (``srtp_forged``, ``srtp_replayed``) and never latches. An outbound key rebinds the
+  leg's send function to one that encrypts, so relayed audio, DTMF and ringback all go
+  out encrypted and nothing reaches that leg in clear. RTCP is not relayed at all (the
+  relay is the source of each outgoing stream): with rtcp-mux a peer's SRTCP arrives on
+  the RTP port (second byte 200..204, RFC 5761 §4) and is authenticated (a forgery is
+  counted) and dropped; plain RTCP is dropped as an unknown payload type. Without
+  rtcp-mux, SRTCP goes to port+1, where nothing listens (the allocator hands out even
+  ports and binds only them): the kernel discards it.
 
 The hot path is :meth:`MediaLeg.datagram_received`: no logging, no awaits, no dict
 lookups (``__slots__`` attributes only), no allocation beyond the packet's header tuple,
 the rewritten copy and the recorder's payload slice, one ``sendto`` on the leg's own
-socket (as cheap as uvloop's ``transport.sendto``, and the same on both loops). The
+socket (as cheap as uvloop's ``transport.sendto``, and the same on both loops). Plain
+RTP pays one attribute test for SRTP (``_unprotect is None``) and nothing on the send
+side; SRTP adds one libsrtp call per direction and the copies pylibsrtp makes. The
 latch costs one tuple comparison with the latched source; only packets from elsewhere
 take the slow path (:meth:`MediaLeg._admit`). Remote addresses must be IP literals of
 the socket's family (:meth:`MediaLeg.media_address`; an IPv4 address reaches an IPv6
@@ -78,6 +94,7 @@ from sipdialer.rtp.latch import Latch
 from sipdialer.rtp.packet import HEADER, REWRITE, payload_bounds
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import FLUSH_INTERVAL, Channel, Recorder
+from sipdialer.rtp.srtp import SrtpKey, SrtpReceiver, SrtpSender
 
 __all__ = ["Bridge", "Codec", "MediaAddressError", "MediaLeg"]
 
@@ -108,6 +125,19 @@ def _returns(leg: MediaLeg) -> Callable[[], MediaLeg]:
 
 def _discard(_: object) -> None:
     pass
+
+
+SendTo = Callable[[bytes | bytearray, Addr], object]
+
+
+def _encrypting(sendto: SendTo, sender: SrtpSender) -> SendTo:
+    """``sendto`` that encrypts first (``SrtpProtectError``, an ``OSError``, if refused)."""
+    protect = sender.rtp
+
+    def send(packet: bytes | bytearray, addr: Addr) -> object:
+        return sendto(protect(packet), addr)
+
+    return send
 
 
 def _exclusive(sock: socket.socket) -> None:
@@ -163,7 +193,11 @@ class MediaLeg(asyncio.DatagramProtocol):
     ``packets_foreign`` (of those, the packets from a source the latch refused),
     ``last_rx`` (loop time of the last packet of its audio, telephone-event or G.711 PT —
     what the RTP timeout counts; the bridge's open time before any),
-    ``remote`` (where we send: SDP address, then the latched source).
+    ``remote`` (where we send: SDP address, then the latched source),
+    ``srtp_forged`` / ``srtp_replayed`` (SRTP/SRTCP packets that failed authentication /
+    the replay check, over the leg's life; see :meth:`set_srtp`). ``packets_in`` and
+    ``bytes_in`` count decrypted packets, ``packets_dropped`` also the SRTP failures and
+    all RTCP.
     """
 
     __slots__ = (
@@ -195,10 +229,17 @@ class MediaLeg(asyncio.DatagramProtocol):
         "_seq_off",
         "_source",
         "_src",
+        "_srtp_forged",
+        "_srtp_in",
+        "_srtp_out",
+        "_srtp_replayed",
+        "_srtp_rx",
+        "_srtp_tx",
         "_ssrc",
         "_time",
         "_transport",
         "_ts_off",
+        "_unprotect",
         "_xlate",
         "bytes_in",
         "closed",
@@ -221,7 +262,7 @@ class MediaLeg(asyncio.DatagramProtocol):
         self.local_port: int = sock.getsockname()[1]
         self._loop = loop
         self._time: Callable[[], float] = loop.time
-        self._sendto = sock.sendto
+        self._sendto: SendTo = sock.sendto
         self._transport: asyncio.DatagramTransport | None = None
         self.closed: asyncio.Future[None] = loop.create_future()
         self.peer: MediaLeg = self  # set by the bridge
@@ -255,6 +296,14 @@ class MediaLeg(asyncio.DatagramProtocol):
         self._rb_index = 0
         self._rb_next = 0.0
         self._rb_handle: asyncio.Handle | None = None
+        # SRTP: keys as given, their contexts, and the receiver's ``rtp`` (None: plain).
+        self._srtp_in: SrtpKey | None = None
+        self._srtp_out: SrtpKey | None = None
+        self._srtp_rx: SrtpReceiver | None = None
+        self._srtp_tx: SrtpSender | None = None
+        self._unprotect: Callable[[bytes], bytes | None] | None = None
+        self._srtp_forged = 0  # counts of the receivers replaced by a key change
+        self._srtp_replayed = 0
         # Recording: ``append`` of the recorder channel's three lists.
         self._recording = False
         self._rec_payload: Callable[[bytes], None] = _discard
@@ -343,6 +392,60 @@ class MediaLeg(asyncio.DatagramProtocol):
         """This leg's latch (read it, do not drive it: :meth:`set_remote` does)."""
         return self._latch
 
+    def set_srtp(self, inbound: SrtpKey | None, outbound: SrtpKey | None) -> None:
+        """Encrypt this leg's media (SDES): ``None, None`` is plain RTP, the default.
+
+        ``inbound`` is the key this leg's party encrypts with (from ITS SDP ``a=crypto``):
+        every packet arriving on this leg's socket is authenticated, replay-checked and
+        decrypted before anything else (latch, recorder, relay); one that fails is
+        dropped and counted (``srtp_forged``/``srtp_replayed``) and never latches. SRTCP
+        arriving here (rtcp-mux) is authenticated and dropped. ``outbound`` is OUR key
+        for this leg (the ``a=crypto`` we sent it): everything this leg sends (relayed
+        audio, DTMF, ringback) is encrypted with it. Each direction may be set alone.
+
+        May be called again at any time (re-INVITE), per direction: the same key (equal
+        suite and bytes) keeps its libsrtp context (rollover counter, replay window and
+        per-SSRC state go on); a different key starts a new context (a new SSRC from the
+        peer needs none: the inbound context takes any SSRC); ``None`` returns that
+        direction to plain RTP. Packets still in flight under a replaced inbound key are
+        dropped as forged. A suite we do not speak or a key of the wrong length raises
+        :class:`~sipdialer.rtp.srtp.SrtpSetupError` and changes nothing.
+        """
+        rx, tx = self._srtp_rx, self._srtp_tx
+        if inbound != self._srtp_in:
+            rx = None if inbound is None else SrtpReceiver(inbound.suite, inbound.key_salt)
+        if outbound != self._srtp_out:
+            tx = None if outbound is None else SrtpSender(outbound.suite, outbound.key_salt)
+        if rx is not self._srtp_rx:
+            old = self._srtp_rx
+            if old is not None:
+                self._srtp_forged += old.forged
+                self._srtp_replayed += old.replayed
+            self._srtp_rx = rx
+            self._srtp_in = inbound
+            self._unprotect = None if rx is None else rx.rtp
+        if tx is not self._srtp_tx:
+            self._srtp_tx = tx
+            self._srtp_out = outbound
+            self._sendto = self.sock.sendto if tx is None else _encrypting(self.sock.sendto, tx)
+
+    @property
+    def srtp_active(self) -> bool:
+        """True while either direction of this leg is encrypted."""
+        return self._srtp_rx is not None or self._srtp_tx is not None
+
+    @property
+    def srtp_forged(self) -> int:
+        """SRTP/SRTCP packets that failed authentication on this leg (all keys so far)."""
+        rx = self._srtp_rx
+        return self._srtp_forged + (0 if rx is None else rx.forged)
+
+    @property
+    def srtp_replayed(self) -> int:
+        """SRTP packets dropped by the replay check on this leg (all keys so far)."""
+        rx = self._srtp_rx
+        return self._srtp_replayed + (0 if rx is None else rx.replayed)
+
     def hold(self, on: bool) -> None:
         """Stop (``True``) or resume (``False``) sending to this leg."""
         if self._held and not on:
@@ -385,6 +488,15 @@ class MediaLeg(asyncio.DatagramProtocol):
         pass
 
     def datagram_received(self, data: bytes, addr: Any) -> None:  # the hot path
+        if self._unprotect is not None:  # SRTP: only authentic packets go any further
+            if len(data) > 1 and 200 <= data[1] <= 204:  # SRTCP, rtcp-mux (RFC 5761 §4)
+                self._srtcp(data)
+                return
+            clear = self._unprotect(data)
+            if clear is None:  # forged or replayed (counted by the receiver)
+                self.packets_dropped += 1
+                return
+            data = clear
         n = len(data)
         if n < 12:
             self.packets_dropped += 1
@@ -453,6 +565,13 @@ class MediaLeg(asyncio.DatagramProtocol):
             peer.packets_dropped += 1
             return
         peer.packets_out += 1
+
+    def _srtcp(self, data: bytes) -> None:
+        """SRTCP on the RTP port: authenticated (a forgery is counted), then dropped."""
+        rx = self._srtp_rx
+        if rx is not None:
+            rx.rtcp(data)
+        self.packets_dropped += 1
 
     def _admit(self, addr: Addr, b1: int, seq: int, ssrc: int) -> bool:
         """A packet from another source than the latched one: ask the latch. True: it
@@ -529,7 +648,7 @@ class MediaLeg(asyncio.DatagramProtocol):
         self._src = src
         self._mark = 0x80
 
-    def _send(self, out: bytes, now: float) -> None:
+    def _send(self, out: bytes | bytearray, now: float) -> None:
         self._mark = 0
         self._last_out = out
         self._last_tx = now

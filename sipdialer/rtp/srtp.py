@@ -12,11 +12,20 @@ aiortc uses). Keys are held here and nowhere else in the relay; nothing here log
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pylibsrtp
 
 from sipdialer.rtp.errors import RtpError
 
-__all__ = ["PROFILES", "SrtpReceiver", "SrtpSender", "SrtpSetupError"]
+__all__ = [
+    "PROFILES",
+    "SrtpKey",
+    "SrtpProtectError",
+    "SrtpReceiver",
+    "SrtpSender",
+    "SrtpSetupError",
+]
 
 PROFILES: dict[str, int] = {
     "AES_CM_128_HMAC_SHA1_80": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
@@ -32,6 +41,25 @@ WINDOW = 1024
 
 class SrtpSetupError(RtpError, ValueError):
     """A suite we do not speak or a key of the wrong length."""
+
+
+class SrtpProtectError(RtpError, OSError):
+    """libsrtp refused to encrypt a packet: its sequence number was already sent with this
+    key (sending it again would reuse keystream). An ``OSError`` so the relay's send path
+    drops and counts it like a full socket buffer."""
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpKey:
+    """One direction's SDES master key, as the relay is given it (from an ``a=crypto``).
+
+    Two keys are equal when suite and key are: the relay keeps a context across a
+    re-INVITE that repeats the same key. The key never appears in ``repr``/``str``."""
+
+    suite: str
+    """A key of :data:`PROFILES`, e.g. ``"AES_CM_128_HMAC_SHA1_80"``."""
+    key_salt: bytes = field(repr=False)
+    """Master key || master salt."""
 
 
 def _policy(suite: str, key_salt: bytes, ssrc_type: int) -> pylibsrtp.Policy:
@@ -97,8 +125,12 @@ class SrtpSender:
             _policy(suite, key_salt, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         )
 
-    def rtp(self, packet: bytes) -> bytes:
-        return self._session.protect(packet)
+    def rtp(self, packet: bytes | bytearray) -> bytes:
+        """The SRTP packet (:class:`SrtpProtectError` for an index already sent)."""
+        try:
+            return self._session.protect(packet if packet.__class__ is bytes else bytes(packet))
+        except pylibsrtp.Error as exc:
+            raise SrtpProtectError(str(exc)) from None
 
     def rtcp(self, packet: bytes) -> bytes:
         return self._session.protect_rtcp(packet)
