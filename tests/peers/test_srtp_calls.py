@@ -12,11 +12,16 @@ ciphertext (~8 bits of entropy per payload byte, 10 bytes of tag), the plain pho
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 
 from sipdialer.config import parse_config
 from sipdialer.engine.cdr import MemorySink
@@ -25,7 +30,7 @@ from sipdialer.service import Service
 from tests.fixtures.baresip import BaresipPhone
 from tests.fixtures.capture import Datagram, LoopbackCapture, entropy_bits, rtp_payloads
 from tests.fixtures.kamailio import KamailioTrunk
-from tests.fixtures.lab import ended, tone_of, trunk_config, wait_state
+from tests.fixtures.lab import ended, peak_hz, tone_of, trunk_config, wait_state
 
 AGENT, CALLEE, PLAIN_CALLEE = "1000", "0820001240", "0820001236"
 EXTENSION, PASSWORD = "1001", "Agent-1001-pw"
@@ -102,15 +107,29 @@ def heard(phone: BaresipPhone) -> tuple[float, float]:
     return tone_of(wavs[0])
 
 
+def keys_of(runner: CallRunner) -> list[str]:
+    """Every SDES key of the call's legs (ours and the peers'), as SDP writes them."""
+    keys = []
+    for sdes in runner._sdes.values():
+        keys += [base64.b64encode(k).decode() for k in sdes._ours.values()]
+        if sdes.keys is not None:
+            keys.append(base64.b64encode(sdes.keys.inbound).decode())
+    return keys
+
+
 @pytest.mark.parametrize("policy", ["optional", "required"])
 async def test_srtp_only_callee_behind_the_trunk_is_bridged_and_recorded_in_clear(
-    make_lab: Callable[..., AsyncIterator[Lab]], make_phone: MakePhone, policy: str
+    make_lab: Callable[..., AsyncIterator[Lab]],
+    make_phone: MakePhone,
+    policy: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``optional``: our best-effort offer (RTP/AVP + a=crypto) gets baresip's 488, we
     offer RTP/SAVP once more and it answers, while the plain agent on the same trunk takes
     the best-effort offer as plain RTP (SRTP↔RTP); ``required``: RTP/SAVP at once, and the
     agent on that trunk must speak SRTP too (SRTP↔SRTP, each leg its own keys)."""
     srtp_agent = policy == "required"
+    caplog.set_level(logging.DEBUG, logger="sipdialer")
     async for lab in make_lab(policy):
         agent = make_phone(
             "agent", AGENT, lab.trunk, tone_hz=440, mediaenc="srtp-mand" if srtp_agent else None
@@ -119,11 +138,23 @@ async def test_srtp_only_callee_behind_the_trunk_is_bridged_and_recorded_in_clea
         with LoopbackCapture([*phone_ports(agent), *phone_ports(callee)]) as capture:
             runner = await lab.call()
             t_bridged = await wait_state(runner, "bridged")
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(1.5)
+            # a re-INVITE each way under SRTP (hold, then resume): answered with our key
+            await asyncio.to_thread(callee.ctrl, "hold")
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(callee.ctrl, "resume")
+            await asyncio.sleep(2.5)
             t_hangup = time.monotonic()
             await asyncio.to_thread(callee.ctrl, "hangup")
             p = (await ended(runner)).cdr_payload()
         datagrams = capture.datagrams
+        keys = keys_of(runner)
+        assert len(keys) >= 4
+        logged = caplog.text + json.dumps(p)
+        assert "event=leg_answered" in caplog.text  # the log was captured
+        assert caplog.text.count("event=leg_reinvite") >= 2, "no hold/resume re-INVITEs"
+        assert "event=srtp_refused" not in caplog.text
+        assert not [k for k in keys if k in logged], "an SRTP key reached a log line or the CDR"
         assert (p["disposition"], p["end_code"]) == ("ANSWERED", 16), p
         assert runner.callee is not None
         assert runner.callee.fallback_offered is (policy == "optional")
@@ -132,6 +163,10 @@ async def test_srtp_only_callee_behind_the_trunk_is_bridged_and_recorded_in_clea
         assert abs(tone_of(wav, 0)[0] - 440) < 15
         assert abs(tone_of(wav, 1)[0] - 1000) < 15
         assert abs(p["call_time"] - (t_hangup - t_bridged)) <= 1.0
+        # after the resume the callee is heard again (its last second, right channel)
+        data, _ = soundfile.read(wav, dtype="int16")
+        last = data[-12000:-4000, 1].astype(float)
+        assert abs(peak_hz(last) - 1000) < 15 and np.sqrt(np.mean(last**2)) > 500
         # the callee leg is ciphertext both ways, the agent leg plain µ-law (optional)
         sent, received = both_ways(datagrams, callee)
         assert_encrypted(sent, "callee → relay")
