@@ -17,7 +17,8 @@ sees it; ``setup_p50_ms`` / ``setup_p99_ms`` — the CDR's ``created_at`` → ``
 the callee's); ``answered`` / ``cdrs`` / outcomes; ``achieved_rate`` (calls whose POST
 succeeded per second of the run); ``service_cpu_pct`` (the service process's CPU time over
 the run's wall time, of one core: it runs on one event loop, so ~100 % means the loop is the
-limit), ``sipp_cpu_pct`` and ``bench_cpu_pct`` likewise (they share the machine), and the
+limit), ``healthz_p50_ms`` / ``healthz_p99_ms`` / ``healthz_max_ms`` (a GET /healthz every 50
+ms on one kept-alive connection: the event loop's stalls, without the accept queue), ``sipp_cpu_pct`` and ``bench_cpu_pct`` likewise (they share the machine), and the
 peak number of live calls. The last line is one JSON object.
 """
 
@@ -138,6 +139,23 @@ async def peak_calls(base: str, stop: asyncio.Event, peak: list[int]) -> None:
             await asyncio.sleep(0.5)
 
 
+async def probe_health(base: str, stop: asyncio.Event, ms: list[float]) -> None:
+    """GET /healthz every 50 ms on one kept-alive connection (no accept queue on the way):
+    how long the service's event loop takes to answer, i.e. its stalls."""
+    loop = asyncio.get_running_loop()
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        while not stop.is_set():
+            t0 = loop.time()
+            try:
+                async with http.get(f"{base}/healthz") as resp:
+                    await resp.read()
+                ms.append((loop.time() - t0) * 1000)
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(max(0.0, t0 + 0.05 - loop.time()))
+
+
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
@@ -195,13 +213,17 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         t0 = time.monotonic()
         stop = asyncio.Event()
         peak = [0]
-        sampler = asyncio.create_task(peak_calls(base, stop, peak))
+        health_ms: list[float] = []
+        samplers = [
+            asyncio.create_task(peak_calls(base, stop, peak)),
+            asyncio.create_task(probe_health(base, stop, health_ms)),
+        ]
         api_ms, ids, errors, sent = await drive(base, args.rate, args.seconds, args.hold)
         wall = time.monotonic() - t0
         cpu = {pid: (cpu_seconds(pid) - c) / wall * 100 for pid, c in cpu0.items()}
         bench_cpu = (time.process_time() - bench0) / wall * 100
         stop.set()
-        await sampler
+        await asyncio.gather(*samplers)
         # every call's CDR (notifications reach Redis after each call's end)
         client = aioredis.Redis(port=redis_port)
         key = "enigma:notifications:cdr"
@@ -236,6 +258,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "api_p50_ms": pct(api_ms, 0.5),
         "api_p99_ms": pct(api_ms, 0.99),
         "api_max_ms": round(max(api_ms), 1) if api_ms else 0.0,
+        "healthz_p50_ms": pct(health_ms, 0.5),
+        "healthz_p99_ms": pct(health_ms, 0.99),
+        "healthz_max_ms": round(max(health_ms), 1) if health_ms else 0.0,
         "cdrs": len(cdrs),
         "answered": len(setup_ms),
         "setup_p50_ms": pct(setup_ms, 0.5),
