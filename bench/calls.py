@@ -18,8 +18,9 @@ the callee's); ``answered`` / ``cdrs`` / outcomes; ``achieved_rate`` (calls whos
 succeeded per second of the run); ``service_cpu_pct`` (the service process's CPU time over
 the run's wall time, of one core: it runs on one event loop, so ~100 % means the loop is the
 limit), ``healthz_p50_ms`` / ``healthz_p99_ms`` / ``healthz_max_ms`` (a GET /healthz every 50
-ms on one kept-alive connection: the event loop's stalls, without the accept queue), ``sipp_cpu_pct`` and ``bench_cpu_pct`` likewise (they share the machine), and the
-peak number of live calls. The last line is one JSON object.
+ms on one kept-alive connection: the event loop's stalls, without the accept queue),
+``sipp_cpu_pct`` and ``bench_cpu_pct`` likewise (they share the machine), and the peak
+number of live calls. The last line is one JSON object.
 """
 
 from __future__ import annotations
