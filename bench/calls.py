@@ -4,9 +4,13 @@
 
 The service runs as its own process (``python -m sipdialer serve``, uvloop, logging at the
 default INFO level to a file) with a generated configuration: its trunk is SIPp (Debian's
-sip-tester) with the built-in UAS scenario echoing RTP (``-sn uas -rtp_echo``), so SIPp
-answers both legs of every call — it plays the trunk and both phones; its notifications go
-to a ``redis-server`` the bench starts on a free port. This process is the API client: it
+sip-tester) with the built-in UAS scenario (``-sn uas``), so SIPp answers both legs of every
+call — it plays the trunk and both phones; its notifications go to a ``redis-server`` the
+bench starts on a free port. SIPp sends no RTP: its echo mode (``-rtp_echo``) bounces the
+relay's ringback between the two legs of a call as fast as the loop forwards it, a storm no
+real call makes; the media's capacity is ``bench/bridge.py``'s to measure. The calls are
+recorded (unless ``--no-record``): the recorder, its WAV and its flushes are set up as in
+a real call. This process is the API client: it
 POSTs ``/click2dial/calls`` at R calls per second for S seconds (open loop: one request
 every 1/R s whatever the answers take, each on its own connection as independent clients
 would), DELETEs each call H seconds after its POST, then reads every CDR from Redis.
@@ -102,6 +106,8 @@ async def drive(
                 async with http.post(f"{base}/click2dial/calls", json=body) as resp:
                     answer = await resp.json()
                     api_ms.append((loop.time() - t0) * 1000)
+                    if os.environ.get("BENCH_TRACE"):
+                        print(i, round((loop.time() - t0) * 1000), file=sys.stderr)
                     if resp.status != 201:
                         errors[f"http_{resp.status}"] += 1
                         return
@@ -179,7 +185,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
         sipp = subprocess.Popen(
             [
-                *("sipp", "-sn", "uas", "-rtp_echo", "-i", "127.0.0.1", "-p", str(sipp_port)),
+                *("sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(sipp_port)),
                 *("-mi", "127.0.0.1", "-mp", str(media_low), "-nostdin", "-max_socket", "10000"),
             ],
             stdout=subprocess.DEVNULL,

@@ -487,9 +487,7 @@ class CallJournal:
         with self._cond:
             self._queue[call_id] = data
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="call-journal", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="call-journal", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
         return True
