@@ -49,6 +49,9 @@ class TrunkConfig:
     keepalive: float = 25.0
     """Seconds between keep-alives to the trunk: CRLF on TCP/TLS flows (RFC 5626
     §3.5.1), OPTIONS over UDP (NAT bindings); 0 turns them off."""
+    srtp: str = "no"
+    """Media encryption on trunk legs (SDES-SRTP): ``no``, ``optional`` (encrypt when the
+    far end agrees) or ``required`` (see :mod:`sipdialer.sip.sdes`)."""
 
     @property
     def next_hop(self) -> NextHop | None:
@@ -136,6 +139,9 @@ class RegistrarConfig:
     an MD5 one; SHA-256 is offered globally (``sha-256, md5``) or to one extension's phone
     (``[extension_algorithms]``) where the phones can take it."""
     store: str = "state/bindings.json"
+    srtp: str = "no"
+    """Media encryption on legs to registered phones: ``no``, ``optional``, ``required``
+    (per phone: ``[extension_srtp]``)."""
     min_expires: int = 60
     max_expires: int = 3600
 
@@ -166,6 +172,15 @@ class Config:
     extension_algorithms: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Per extension, the digest algorithms its phone is challenged with (overrides
     ``[registrar] algorithms``)."""
+    extension_srtp: dict[str, str] = field(default_factory=dict)
+    """Per extension, the media encryption of its legs (overrides ``[registrar] srtp``)."""
+
+    def srtp_for_extension(self, extension: str) -> str:
+        """``no``/``optional``/``required``: the SRTP policy of legs to this extension."""
+        return self.extension_srtp.get(extension, self.registrar.srtp)
+
+
+SRTP_POLICIES = ("no", "optional", "required")
 
 
 # ---- value parsers: each gets (section, key, raw text) and raises ConfigError ------------
@@ -294,6 +309,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
         "ca_file",
         "outbound_proxy",
         "keepalive",
+        "srtp",
     ),
     "sip": (
         "listen",
@@ -319,11 +335,12 @@ _KEYS: dict[str, tuple[str, ...]] = {
         "max_concurrent",
         "unregistered_extension",
     ),
-    "registrar": ("realm", "algorithms", "store", "min_expires", "max_expires"),
+    "registrar": ("realm", "algorithms", "store", "srtp", "min_expires", "max_expires"),
     "recording": ("directory", "enabled", "retention_days"),
     "log": ("level",),
     "extensions": (),
     "extension_algorithms": (),
+    "extension_srtp": (),
 }
 
 
@@ -345,7 +362,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     for section in parser.sections():
         if section not in _KEYS:
             raise ConfigError(f"{source}: unknown section [{section}]")
-        if section in ("extensions", "extension_algorithms"):
+        if section in ("extensions", "extension_algorithms", "extension_srtp"):
             continue
         for key in parser[section]:
             if key not in _KEYS[section]:
@@ -375,6 +392,8 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         t["expires"] = int(_number("trunk", "expires", v, minimum=1))
     if (v := get("trunk", "register")) is not None:
         t["register"] = _bool("trunk", "register", v)
+    if (v := get("trunk", "srtp")) is not None:
+        t["srtp"] = _choice("trunk", "srtp", v, SRTP_POLICIES)
     trunk = TrunkConfig(**t)
     if trunk.registrar and not trunk.domain:
         trunk = TrunkConfig(**{**t, "domain": trunk.registrar[0]})
@@ -488,6 +507,8 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         g["algorithms"] = _algorithms("registrar", "algorithms", v)
     if (v := get("registrar", "store")) is not None:
         g["store"] = _plain("registrar", "store", v)
+    if (v := get("registrar", "srtp")) is not None:
+        g["srtp"] = _choice("registrar", "srtp", v, SRTP_POLICIES)
     for key in ("min_expires", "max_expires"):
         if (v := get("registrar", key)) is not None:
             g[key] = _integer("registrar", key, v, minimum=1, maximum=86400)
@@ -522,6 +543,13 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
                 raise ConfigError(f"[extension_algorithms] {ext}: not an extension of [extensions]")
             extension_algorithms[ext] = _algorithms("extension_algorithms", ext, value)
 
+    extension_srtp: dict[str, str] = {}
+    if parser.has_section("extension_srtp"):
+        for ext, value in parser["extension_srtp"].items():
+            if ext not in extensions:
+                raise ConfigError(f"[extension_srtp] {ext}: not an extension of [extensions]")
+            extension_srtp[ext] = _choice("extension_srtp", ext, value, SRTP_POLICIES)
+
     return Config(
         trunk=trunk,
         sip=SipConfig(**s),
@@ -533,6 +561,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         registrar=RegistrarConfig(**g),
         extensions=extensions,
         extension_algorithms=extension_algorithms,
+        extension_srtp=extension_srtp,
     )
 
 

@@ -141,7 +141,7 @@ class Service:
         """End the calls a crashed run left in the journal (BYE/CANCEL, WAV, CDR), then
         journal this run's calls there. Before the API listens: no new call meanwhile."""
         assert self.dialer is not None
-        journal = CallJournal(directory)
+        journal = CallJournal(directory, background=True)
         route = self.trunk_route
         if journal.ids() and route is not None and route.proto == "TLS":
             # BYEs open new TLS connections: the trunk's name to verify its certificate
@@ -233,6 +233,8 @@ class Service:
             self.retention = None
         if self.dialer is not None:
             await self.dialer.close()
+            if self.dialer.journal is not None:  # what the writer thread holds, on disk
+                await asyncio.to_thread(self.dialer.journal.close)
         if self.recovery is not None:
             await self.recovery.close()
             self.recovery = None

@@ -24,6 +24,17 @@ an address is ACKed and BYEd at once, and the call ends FAILED with cause **88**
 address in ``end_detail`` and a ``media_address_unusable`` log line; such an address in a
 183 is ignored (the agent keeps hearing ringback), and a re-INVITE or UPDATE offering one
 is refused with 488, leaving the session as it was (RFC 3261 §14.2).
+
+Media encryption (SDES-SRTP) follows each leg's policy — ``[trunk] srtp`` for trunk legs,
+``[registrar] srtp`` / ``[extension_srtp]`` for legs to registered phones — as decided by
+:class:`~sipdialer.sip.sdes.SdesLeg` (one per leg, fresh keys per leg): the keys in force
+are handed to the leg's relay socket with every media update
+(:meth:`~sipdialer.rtp.relay.MediaLeg.set_srtp`). A callee that refuses our offer (488,
+e.g. an SRTP-only phone offered plain RTP) ends the call FAILED with cause **88**, as any
+488 does (RFC 3398); an answer that refuses the encryption a ``required`` leg insists on
+(plain RTP/AVP, no usable ``a=crypto`` of ours) is ACKed, BYEd with
+``Reason: Q.850;cause=88`` and ends the call FAILED/88 too, with the reason in
+``end_detail`` (``event=answer_unusable``). Keys are never logged.
 """
 
 from __future__ import annotations
@@ -54,6 +65,8 @@ from sipdialer.logs import quote_value
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import Recorder, new_recording_ref
 from sipdialer.rtp.relay import Bridge, Codec, MediaAddressError, MediaLeg
+from sipdialer.rtp.srtp import SrtpKey
+from sipdialer.sip.sdes import MediaKeys, SdesLeg, SrtpPolicy
 from sipdialer.sip.sdp import AudioOffer, OurSdpVersion, answer_for, build_sdp
 
 if TYPE_CHECKING:
@@ -101,6 +114,13 @@ def _best_fork_failure(
                 return f
     answered = [f for f in failures if not f[2]] or failures
     return min(answered, key=lambda f: f[0])
+
+
+def srtp_keys(keys: MediaKeys | None) -> tuple[SrtpKey | None, SrtpKey | None]:
+    """The relay's (inbound, outbound) keys for a leg's negotiated media keys."""
+    if keys is None:
+        return None, None
+    return SrtpKey(keys.suite, keys.inbound), SrtpKey(keys.suite, keys.outbound)
 
 
 def codec_from_answer(sdp: AudioOffer) -> Codec | None:
@@ -155,6 +175,8 @@ class CallRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._session = secrets.randbelow(2**31)
         self._fork_failures: list[tuple[int, tuple[str, ...], bool]] = []
+        self._sdes: dict[Leg, SdesLeg] = {}  # each leg's media encryption
+        self._awaiting_answer: set[Leg] = set()  # our re-offer is out, its answer to come
         self._tag = self.id[:12]
         self._final_view: CallView | None = None  # once the CDR is out, until a change
 
@@ -423,8 +445,12 @@ class CallRunner:
         d = self.dialer
         media = self.bridge.a if name == "agent" else self.bridge.b
         target = target or d.target_for(name, self.request)
+        to_phone = name == "agent" and self.record.agent_route == "extension"
+        policy = d.srtp_policy(self.request.agent if to_phone else None)
+        sdes = SdesLeg(policy, secrets.token_bytes)
 
         def offer_sdp(version: int) -> bytes:
+            proto, crypto = sdes.offer()
             return build_sdp(
                 address=d.rtp_host,
                 port=media.local_port,
@@ -432,6 +458,8 @@ class CallRunner:
                 version=version,
                 codecs=OFFER_CODECS,
                 dtmf_pt=DTMF_PT,
+                proto=proto,
+                crypto=crypto,
             )
 
         # RFC 3264 §8, per leg: our o= version on this leg goes up when our SDP changes
@@ -439,13 +467,31 @@ class CallRunner:
         our_offer = versions.render(offer_sdp)
         assert our_offer is not None
 
+        def fallback_offer() -> bytes | None:
+            # a 488 to our best-effort SRTP offer: the same keys as RTP/SAVP, once
+            if sdes.fallback_offer() is None:
+                return None
+            return versions.render(offer_sdp)
+
         # the parameter's name is the ReinviteAnswerer protocol's (mypy checks it)
         def answer_reinvite(offer: AudioOffer | None) -> bytes | None:
             if offer is None:  # an offerless re-INVITE: we offer again
+                self._awaiting_answer.add(leg)
                 return versions.render(offer_sdp)
+            self._awaiting_answer.discard(leg)
             if offer.port and not self._usable_address(name, media, offer):
                 return None  # 488: the session stays as it was
-            return versions.render(
+            outcome, line = sdes.answer(offer.proto, offer.crypto)
+            if outcome.problem is not None:
+                log.info(
+                    "event=srtp_refused call=%s leg=%s policy=%s why=%s",
+                    self._tag,
+                    name,
+                    sdes.policy,
+                    quote_value(outcome.problem),
+                )
+                return None  # 488
+            body = versions.render(
                 lambda version: answer_for(
                     offer,
                     address=d.rtp_host,
@@ -453,18 +499,25 @@ class CallRunner:
                     session_id=self._session,
                     version=version,
                     supported=SUPPORTED_CODECS,
+                    crypto=line,
                 )
             )
+            if body is not None:
+                sdes.adopt(outcome.keys)
+            return body
 
-        return Leg(
+        leg = Leg(
             name,
             d.ua,
             target,
             self,
             sdp_offer=our_offer,
             answer_reinvite=answer_reinvite,
+            fallback_offer=fallback_offer,
             call_tag=self._tag,
         )
+        self._sdes[leg] = sdes
+        return leg
 
     def _media_of(self, leg: Leg) -> MediaLeg | None:
         if self.bridge is None:
@@ -484,6 +537,9 @@ class CallRunner:
         if codec_from_answer(sdp) is None:
             offered = ",".join(str(pt) for pt in sdp.payload_types) or "none"
             return f"no codec we offered in the answer (payload types {offered})"
+        sdes = self._sdes.get(leg)
+        if sdes is not None:
+            return sdes.take_answer(sdp.proto, sdp.crypto).problem
         return None
 
     def _usable_address(self, name: str, media: MediaLeg, sdp: AudioOffer) -> bool:
@@ -502,9 +558,10 @@ class CallRunner:
             return False
         return True
 
-    def _point_media(self, leg: Leg, sdp: AudioOffer | None) -> bool:
-        """Point the leg's relay socket at the SDP's address and codec. False (nothing
-        changed, logged) when the address is one the relay cannot send to."""
+    def _point_media(self, leg: Leg, sdp: AudioOffer | None, *, answer: bool = True) -> bool:
+        """Point the leg's relay socket at the SDP's address, codec and keys. False
+        (nothing changed, logged) when the address is one the relay cannot send to, or
+        the SDP (an ``answer`` to our offer) refuses the leg's encryption policy."""
         media = self._media_of(leg)
         if media is None or sdp is None or sdp.port == 0:
             return True
@@ -513,7 +570,21 @@ class CallRunner:
             return True
         if not self._usable_address(leg.name, media, sdp):
             return False
+        sdes = self._sdes.get(leg)
+        if sdes is not None and answer:
+            problem = sdes.take_answer(sdp.proto, sdp.crypto).problem
+            if problem is not None:
+                log.info(
+                    "event=srtp_refused call=%s leg=%s policy=%s why=%s",
+                    self._tag,
+                    leg.name,
+                    sdes.policy,
+                    quote_value(problem),
+                )
+                return False
         media.set_remote((sdp.address, sdp.port), codec)
+        if sdes is not None:
+            media.set_srtp(*srtp_keys(sdes.keys))
         # sendonly / inactive, or the null address (RFC 2543 hold: no address to send to)
         media.hold(sdp.on_hold or media.media_address((sdp.address, sdp.port)) is None)
         return True
@@ -601,7 +672,11 @@ class CallRunner:
         self._event(Ev.AGENT_BYE if leg is self.agent else Ev.CALLEE_BYE, reason=reason)
 
     def leg_media_changed(self, leg: Leg, sdp: AudioOffer) -> None:
-        self._point_media(leg, sdp)
+        # the peer's offer (its keys adopted by answer_reinvite) or, after an offerless
+        # re-INVITE, the answer to our offer in its ACK
+        answer = leg in self._awaiting_answer
+        self._awaiting_answer.discard(leg)
+        self._point_media(leg, sdp, answer=answer)
         self._journal()  # a re-INVITE may have moved the remote target
 
     def leg_terminated(self, leg: Leg) -> None:
@@ -752,6 +827,13 @@ class Dialer:
         pending = [r.done.wait() for r in list(self.active.values())]
         if pending:
             await asyncio.wait_for(asyncio.gather(*pending), 5.0)
+
+    def srtp_policy(self, extension: str | None) -> SrtpPolicy:
+        """The media encryption policy of a leg to the trunk (``extension`` None) or to
+        a registered phone of ``extension``."""
+        if extension is None:
+            return SrtpPolicy(self.config.trunk.srtp)
+        return SrtpPolicy(self.config.srtp_for_extension(extension))
 
     def agent_targets(self, request: CallRequest) -> tuple[list[LegTarget], str]:
         """The agent leg's INVITE targets and route: every registered contact of an

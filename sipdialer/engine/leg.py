@@ -26,6 +26,8 @@ INVITE is still pending) and must find the new state.
       proceeding    (same host or the trunk, ≤ 3 times)
     calling,      422 with a Min-SE, the first one       → calling       INVITE again asking
       proceeding                                                          that interval
+    calling,      488/606 while a fallback offer is left → calling       INVITE again with it
+      proceeding    (SRTP optional: RTP/SAVP, once)
     calling,      other 3xx–6xx                          → terminated    tell the call: failed
       proceeding
     calling,      timeout, transport error               → terminated    tell the call:
@@ -214,6 +216,7 @@ class LegInput(Enum):
     RECV_CHALLENGE = "401/407 to the INVITE that we can answer"
     RECV_REDIRECT = "3xx to the INVITE with a Contact we may follow"
     RECV_INTERVAL_TOO_SMALL = "422 to the INVITE with a Min-SE, the first one"
+    RECV_NOT_ACCEPTABLE = "488/606 to the INVITE while a fallback offer is left"
     RECV_FAILURE = "3xx-6xx to the INVITE"
     INVITE_UNANSWERED = "INVITE timed out or could not be sent"
     # from our BYE's transaction
@@ -282,6 +285,7 @@ class Leg:
             LegInput.RECV_CHALLENGE: (CALLING, "invite_with_digest"),
             LegInput.RECV_REDIRECT: (CALLING, "follow_redirect"),
             LegInput.RECV_INTERVAL_TOO_SMALL: (CALLING, "invite_with_min_se"),
+            LegInput.RECV_NOT_ACCEPTABLE: (CALLING, "invite_with_fallback_offer"),
             LegInput.RECV_2XX: (CONFIRMED, "answered"),
             LegInput.RECV_FAILURE: (TERMINATED, "failed"),
             LegInput.INVITE_UNANSWERED: (TERMINATED, "unreachable"),
@@ -292,6 +296,7 @@ class Leg:
             LegInput.RECV_CHALLENGE: (PROCEEDING, "invite_with_digest"),
             LegInput.RECV_REDIRECT: (CALLING, "follow_redirect"),
             LegInput.RECV_INTERVAL_TOO_SMALL: (CALLING, "invite_with_min_se"),
+            LegInput.RECV_NOT_ACCEPTABLE: (CALLING, "invite_with_fallback_offer"),
             LegInput.RECV_2XX: (CONFIRMED, "answered"),
             LegInput.RECV_FAILURE: (TERMINATED, "failed"),
             LegInput.INVITE_UNANSWERED: (TERMINATED, "unreachable"),
@@ -302,6 +307,7 @@ class Leg:
             LegInput.RECV_CHALLENGE: (TERMINATED, "cancelled"),
             LegInput.RECV_REDIRECT: (TERMINATED, "cancelled"),
             LegInput.RECV_INTERVAL_TOO_SMALL: (TERMINATED, "cancelled"),
+            LegInput.RECV_NOT_ACCEPTABLE: (TERMINATED, "cancelled"),
             LegInput.RECV_FAILURE: (TERMINATED, "cancelled"),
             LegInput.INVITE_UNANSWERED: (TERMINATED, "unanswered_after_cancel"),
             LegInput.HANGUP: (CANCELLING, None),
@@ -340,6 +346,7 @@ class Leg:
         *,
         sdp_offer: bytes,
         answer_reinvite: ReinviteAnswerer,
+        fallback_offer: Callable[[], bytes | None] | None = None,
         call_tag: str = "",
         call_later: CallLater = _loop_call_later,
     ) -> None:
@@ -349,6 +356,11 @@ class Leg:
         self.listener = listener
         self.sdp_offer = sdp_offer
         self.answer_reinvite = answer_reinvite
+        self.fallback_offer = fallback_offer
+        """Gives the offer to INVITE with once more after a 488/606 (None: none left),
+        e.g. an RTP/SAVP offer after a best-effort SRTP one was refused."""
+        self.fallback_offered = False
+        """Whether the leg's INVITE went out again with the fallback offer."""
         self.log_ctx = f"call={call_tag} leg={name}"
         self.state = IDLE
         self.call_id = secrets.token_hex(12)
@@ -433,8 +445,19 @@ class Leg:
             self._fire(LegInput.RECV_INTERVAL_TOO_SMALL, response=resp)
         elif status < 400 and (uri := self._redirect_target(resp)) is not None:
             self._fire(LegInput.RECV_REDIRECT, response=resp, uri=uri)
+        elif status in (488, 606) and (offer := self._take_fallback_offer()) is not None:
+            self._fire(LegInput.RECV_NOT_ACCEPTABLE, response=resp, offer=offer)
         else:
             self._fire(LegInput.RECV_FAILURE, response=resp)
+
+    def _take_fallback_offer(self) -> bytes | None:
+        """The fallback offer, taken once (None: none, or already used)."""
+        if self.fallback_offer is None or self.fallback_offered:
+            return None
+        offer = self.fallback_offer()
+        if offer is not None:
+            self.fallback_offered = True
+        return offer
 
     def _can_answer(self, resp: Response) -> bool:
         """A 401/407 we have credentials for, have not answered twice, and can read."""
@@ -632,6 +655,13 @@ class Leg:
         """422 Session Interval Too Small (RFC 4028 §7.4): ask once more with its Min-SE."""
         self._asked_interval = _min_se_of(response.headers)
         log.info("event=leg_interval_too_small %s min_se=%s", self.log_ctx, self._asked_interval)
+        self._send_invite()
+
+    def _invite_with_fallback_offer(self, *, response: Response, offer: bytes, **_: object) -> None:
+        """488/606 to our offer: INVITE once more with the fallback offer (RFC 3261 §21.4.26:
+        the Warning says why; a best-effort SRTP offer refused by an RTP/SAVP-only callee)."""
+        log.info("event=leg_reoffer %s status=%d", self.log_ctx, response.status)
+        self.sdp_offer = offer
         self._send_invite()
 
     def _follow_redirect(self, *, response: Response, uri: str, **_: object) -> None:

@@ -28,8 +28,11 @@ Decisions:
 * **answer_for returns None (→ 488)** when no supported codec is offered, when the
   audio stream is already rejected (port 0: we have nothing to offer a call without
   audio; a failed re-INVITE leaves the session as it was, RFC 3261 §14.2), or when the
-  transport is not plain RTP (``RTP/AVP``; ``RTP/AVPF`` is answered as offered; SRTP and
-  anything else are refused).
+  transport is not one we speak: ``RTP/AVP`` (``RTP/AVPF`` is answered as offered), and
+  ``RTP/SAVP``/``RTP/SAVPF`` only when the caller gives the ``a=crypto`` line to answer
+  with (which one is :mod:`sipdialer.sip.sdes`'s decision).
+* **SRTP (RFC 4568)**: our ``a=crypto`` lines follow the rtpmap lines; they carry keys, so
+  nothing here logs a body (see :mod:`sipdialer.sip.sdp_crypto`).
 * **Our o= version only goes up** (RFC 3264 §8), per session description we keep
   (:class:`OurSdpVersion`, one per leg): by one when what we send differs from what we
   sent last, the same when it does not (a session refresh).
@@ -41,7 +44,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sipdialer.sip.errors import SipError
@@ -76,6 +79,7 @@ _WITHOUT_RECV = {
     "inactive": "inactive",
 }
 _PLAIN_RTP = ("RTP/AVP", "RTP/AVPF")
+_SECURE_RTP = ("RTP/SAVP", "RTP/SAVPF")
 #: ``a=crypto`` lines kept per audio stream (an offer lists one per suite; more is noise).
 MAX_CRYPTO_LINES = 16
 
@@ -361,6 +365,7 @@ def _render(
     proto: str = "RTP/AVP",
     media: list[MediaLine] | None = None,
     audio_index: int = 0,
+    crypto: Sequence[CryptoAttribute] = (),
 ) -> bytes:
     addrtype = _check_address(address)
     _check_int("port", port, 0, 65535)
@@ -391,6 +396,10 @@ def _render(
         pts.append(dtmf_pt)
         attrs.append(f"a=rtpmap:{dtmf_pt} telephone-event/8000")
         attrs.append(f"a=fmtp:{dtmf_pt} 0-16")
+    if not _PROTO_RE.fullmatch(proto):
+        raise SdpError(f"bad transport protocol: {proto!r}")
+    for attribute in crypto:
+        attrs.append(f"a=crypto:{attribute.to_sdp()}")
     attrs.append(f"a=ptime:{ptime}")
     attrs.append(f"a={direction}")
 
@@ -424,11 +433,14 @@ def build_sdp(
     direction: str = "sendrecv",
     ptime: int = 20,
     username: str = "sipdialer",
+    proto: str = "RTP/AVP",
+    crypto: Sequence[CryptoAttribute] = (),
 ) -> bytes:
     """Our session description: one audio stream with ``codecs`` as (name, payload type).
 
     ``session_id`` stays the same for a dialog; ``version`` goes up by one each time the
-    description changes (RFC 3264 §8). SdpError for arguments that cannot be written.
+    description changes (RFC 3264 §8). ``proto`` and ``crypto`` (``a=crypto`` lines) make
+    an SRTP offer. SdpError for arguments that cannot be written.
     """
     return _render(
         address=address,
@@ -440,6 +452,8 @@ def build_sdp(
         direction=direction,
         ptime=ptime,
         username=username,
+        proto=proto,
+        crypto=crypto,
     )
 
 
@@ -467,14 +481,20 @@ def answer_for(
     session_id: int,
     version: int,
     supported: list[str] | tuple[str, ...] = ("PCMU", "PCMA"),
+    crypto: CryptoAttribute | None = None,
 ) -> bytes | None:
     """Our RFC 3264 answer to ``offer``, or None when it must be refused with 488.
 
     One codec (see :func:`choose_codec`), telephone-event if offered, the direction
     mirrored (sendonly → recvonly, recvonly → sendonly, inactive → inactive), every other
-    m-line rejected with port 0 in its place.
+    m-line rejected with port 0 in its place; ``crypto``, the ``a=crypto`` line answering
+    an SRTP offer (required for ``RTP/SAVP``; with ``RTP/AVP`` it answers a best-effort
+    offer).
     """
-    if offer.port == 0 or offer.proto not in _PLAIN_RTP:
+    proto = offer.proto.upper()
+    if offer.port == 0 or not (
+        proto in _PLAIN_RTP or (proto in _SECURE_RTP and crypto is not None)
+    ):
         return None
     codec = choose_codec(offer, supported)
     if codec is None:
@@ -496,6 +516,7 @@ def answer_for(
         proto=offer.proto,
         media=media,
         audio_index=audio_index,
+        crypto=(crypto,) if crypto is not None else (),
     )
 
 

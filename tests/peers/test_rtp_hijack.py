@@ -31,7 +31,7 @@ from sipdialer.rtp.packet import build
 from sipdialer.service import Service
 from tests.fixtures.baresip import BaresipPhone
 from tests.fixtures.kamailio import KamailioTrunk
-from tests.fixtures.lab import ended, peak_hz, trunk_config, wait_state
+from tests.fixtures.lab import ended, tone_of, trunk_config, wait_state
 
 pytestmark = pytest.mark.peers
 
@@ -103,14 +103,6 @@ directory = {tmp_path / "recordings"}
     await svc.start()
     yield svc, trunk
     await svc.stop()
-
-
-def tone_of(wav: Path, channel: int | None = None) -> tuple[float, float]:
-    """(peak Hz, RMS) of the middle half of a WAV (one channel of a stereo one)."""
-    data, _ = soundfile.read(wav, dtype="int16")
-    samples = (data[:, channel] if channel is not None else data).astype(float)
-    middle = samples[len(samples) // 4 : 3 * len(samples) // 4]
-    return peak_hz(middle), float(np.sqrt(np.mean(middle**2)))
 
 
 async def test_sprayed_rtp_captures_neither_leg(

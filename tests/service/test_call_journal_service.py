@@ -4,6 +4,7 @@ restart would need, and its file is gone once its CDR is out; which sink gets a 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -82,6 +83,8 @@ async def test_a_call_is_journaled_at_each_state_and_forgotten_once_its_cdr_is_o
             CallRequest(agent="1000", callee="0820001234", outbound_id="0123456789")
         )
         await wait_state(runner, "bridged")
+        # the writer thread has what the loop gave it on disk within a moment
+        assert await asyncio.to_thread(journal.flush, 5.0)
         [on_disk] = CallJournal(journal_dir).load()  # what a crash now would leave
         assert on_disk.id == runner.id and on_disk.state == "bridged"
         assert [(leg.name, leg.state) for leg in on_disk.legs] == [
@@ -95,6 +98,7 @@ async def test_a_call_is_journaled_at_each_state_and_forgotten_once_its_cdr_is_o
         assert Path(on_disk.recording_path).is_absolute()
         cdr = await ended(runner)
         assert cdr.outcome.end_reason == "callee_hungup"
+        assert await asyncio.to_thread(journal.flush, 5.0)
         assert CallJournal(journal_dir).ids() == []  # the CDR is out: nothing to recover
         states = [call.state for call in written]
         changes = [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]

@@ -292,3 +292,49 @@ def test_legs_of_every_shape_survive_the_json(tmp_path: Path) -> None:
     leg = JournaledLeg(name="agent", state="idle", dest=("2001:db8::1", 5061), transport="TLS")
     call = JournaledCall(record=record(), state="created", legs=(leg,))
     assert decode_call(encode_call(call)) == call
+
+
+def test_in_the_background_the_newest_state_reaches_the_disk_off_the_callers_thread(
+    tmp_path: Path,
+) -> None:
+    journal = CallJournal(tmp_path, background=True)
+    call = bridged_call()
+    # the writer thread is stuck on its first write (a FIFO nobody reads yet): the
+    # caller is not, and its later states replace what is queued
+    fifo = tmp_path / f".{CALL_ID}.call.tmp"
+    os.mkfifo(fifo)
+    assert journal.record(dataclasses.replace(call, state="agent_ringing")) is True
+    for state in ("callee_ringing", "bridged"):
+        assert journal.record(dataclasses.replace(call, state=state)) is True
+    assert journal.flush(timeout=0.2) is False  # still blocked on the FIFO
+    assert not (tmp_path / f"{CALL_ID}.call").exists()
+    with open(fifo, "rb") as reader:  # unblock the thread: it wrote the first state there
+        first = reader.read()
+    assert b'"agent_ringing"' in first
+    assert journal.flush(timeout=5)
+    # the batch after it held only the newest state
+    assert [c.state for c in CallJournal(tmp_path).load()] == ["bridged"]
+    journal.forget(CALL_ID)
+    journal.close()
+    assert not (tmp_path / f"{CALL_ID}.call").exists()
+    # closed: writes are made at once by the caller
+    assert journal.record(call) is True
+    assert [c.state for c in CallJournal(tmp_path).load()] == ["bridged"]
+
+
+def test_in_the_background_a_disk_error_is_logged_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = CallJournal(tmp_path, background=True)
+
+    def full_disk(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module.os, "replace", full_disk)
+    with caplog.at_level(logging.ERROR, "sipdialer.journal"):
+        assert journal.record(bridged_call()) is True  # queued
+        assert journal.flush(timeout=5)
+    journal.close()
+    assert journal.write_errors_total == 1
+    assert "event=journal_write_failed" in caplog.text
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob("*.call"))

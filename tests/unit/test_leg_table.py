@@ -32,6 +32,7 @@ S, E = LegState, LegInput
 LEG_LOG = logging.getLogger("sipdialer.leg")
 RIG_NUMBERS = itertools.count()
 OFFER = build_sdp(address="192.0.2.1", port=40000, session_id=1, version=1, codecs=[("PCMU", 0)])
+FALLBACK_OFFER = OFFER.replace(b"RTP/AVP", b"RTP/SAVP")
 PEER_OFFER = build_sdp(
     address="192.0.2.5", port=50000, session_id=2, version=1, codecs=[("PCMU", 0)]
 )
@@ -206,6 +207,7 @@ class Rig:
             self.listener,
             sdp_offer=OFFER,
             answer_reinvite=lambda offer: OFFER,
+            fallback_offer=lambda: FALLBACK_OFFER,
             call_tag=call_tag,
             call_later=self.timers.call_later,
         )
@@ -293,6 +295,7 @@ INPUTS: dict[LegInput, Callable[[Rig], None]] = {
     E.RECV_REOFFER: lambda r: r.peer_sends("INVITE", PEER_OFFER),
     E.RECV_REQUEST: lambda r: r.peer_sends("OPTIONS"),
     E.RECV_INTERVAL_TOO_SMALL: lambda r: r.respond(422, extra=(("Min-SE", "120"),)),
+    E.RECV_NOT_ACCEPTABLE: lambda r: r.respond(488),
     # the 2xx that confirmed the rig's leg asked us to refresh (SESSION_2XX): it is due
     E.SESSION_REFRESH_DUE: lambda r: r.timers.fire(),
     # … and our refresh went unanswered until the expiry: the effects are the expiry's
@@ -366,6 +369,9 @@ EXPECTED: list[tuple[LegState, LegInput, LegState, list[str]]] = [
         ["~leg_interval_too_small", "INVITE", "~leg_invite"],
     ),
     (S.CANCELLING, E.RECV_INTERVAL_TOO_SMALL, S.TERMINATED, ["~leg_failed", "terminated"]),
+    (S.CALLING, E.RECV_NOT_ACCEPTABLE, S.CALLING, ["~leg_reoffer", "INVITE", "~leg_invite"]),
+    (S.PROCEEDING, E.RECV_NOT_ACCEPTABLE, S.CALLING, ["~leg_reoffer", "INVITE", "~leg_invite"]),
+    (S.CANCELLING, E.RECV_NOT_ACCEPTABLE, S.TERMINATED, ["~leg_failed", "terminated"]),
     (S.CONFIRMED, E.SESSION_REFRESH_DUE, S.CONFIRMED, ["UPDATE", "~leg_session_refresh"]),
     (
         S.CONFIRMED,
@@ -725,6 +731,30 @@ def test_a_422_is_retried_once_with_its_min_se_then_fails() -> None:
     rig.respond(422, extra=(("Min-SE", "3600"),))
     assert rig.leg.state is S.TERMINATED
     assert rig.take_effects() == ["~leg_failed", "failed 422", "terminated"]
+
+
+def test_a_488_is_retried_once_with_the_fallback_offer_then_fails() -> None:
+    rig = rig_in(S.CALLING)
+    first = rig._last("INVITE")[0].request
+    rig.respond(488)
+    assert rig.take_effects() == ["~leg_reoffer", "INVITE", "~leg_invite"]
+    again = rig._last("INVITE")[0].request
+    assert again.body == FALLBACK_OFFER and first.body == OFFER
+    assert again.headers.get("CSeq") == "2 INVITE"
+    assert again.headers.get("Call-ID") == first.headers.get("Call-ID")
+    rig.respond(488)
+    assert rig.leg.state is S.TERMINATED
+    assert rig.take_effects() == ["~leg_failed", "failed 488", "terminated"]
+
+
+def test_a_488_without_a_fallback_offer_fails_at_once() -> None:
+    rig = Rig()
+    rig.leg.fallback_offer = lambda: None
+    rig.leg.invite()
+    rig.take_effects()
+    rig.respond(488)
+    assert rig.leg.state is S.TERMINATED
+    assert rig.take_effects() == ["~leg_failed", "failed 488", "terminated"]
 
 
 def test_hanging_up_cancels_the_session_timer() -> None:
