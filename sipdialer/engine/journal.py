@@ -20,9 +20,10 @@ is::
     {"v":1,"bytes":N,"sha256":"…"}\\n
     <exactly N bytes of UTF-8 JSON: the call>
 
-Writing: ``.<name>.tmp`` is written and ``fsync``-ed, renamed over the old file, and the
-directory ``fsync``-ed, so a reader sees the old version or the new one, never a mix, and a
-power cut after :meth:`CallJournal.record` returned loses nothing (the outbox's approach,
+Writing (:func:`sipdialer.durable.durable_write`): ``.<name>.tmp`` is written and
+``fsync``-ed, renamed over the old file, and the directory ``fsync``-ed, so a reader sees
+the old version or the new one, never a mix, and a power cut after
+:meth:`CallJournal.record` returned loses nothing (the outbox's approach,
 :mod:`sipdialer.notify.notifier`). A write that would not change the file is skipped. This
 runs on the event loop thread: about one file and one directory fsync per state change, a
 handful per call, never per RTP packet. A disk error is logged
@@ -57,6 +58,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from sipdialer.durable import durable_write, fsync_dir
 from sipdialer.engine.causes import Outcome
 from sipdialer.engine.cdr import CallRecord
 from sipdialer.engine.errors import EngineError
@@ -399,14 +401,6 @@ def decode_call(data: bytes) -> JournaledCall:
 # ---- the directory --------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CallJournal:
     """One file per live call in ``directory`` (see the module docstring).
 
@@ -430,16 +424,7 @@ class CallJournal:
             data = encode_call(call)
             if self._written.get(call.id) == data:
                 return False
-            path = self._path(call.id)
-            tmp = path.with_name(f".{path.name}.tmp")
-            try:
-                self._write_synced(tmp, data)
-                os.replace(tmp, path)
-                _fsync_dir(self.directory)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
+            durable_write([(self._path(call.id), data)], mode=0o600)
         except Exception as exc:  # a disk error must not take the call engine down
             self.write_errors_total += 1
             log.error(
@@ -456,7 +441,7 @@ class CallJournal:
         self._written.pop(call_id, None)
         try:
             self._path(call_id).unlink()
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except FileNotFoundError:
             pass
         except (OSError, ValueError) as exc:
@@ -466,17 +451,6 @@ class CallJournal:
                 call_id[:12],
                 quote_value(exc),
             )
-
-    @staticmethod
-    def _write_synced(path: Path, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # ---- reading ----------------------------------------------------------------------------
     def load(self) -> list[JournaledCall]:
@@ -551,7 +525,7 @@ class CallJournal:
             if target.exists():
                 target = self.corrupt_dir / f"{path.name}.{time.time_ns()}"
             os.rename(path, target)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError as exc:
             log.error(
                 "event=journal_corrupt file=%s reason=%s moved_to=- error=%s",
