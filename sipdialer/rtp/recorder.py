@@ -70,13 +70,13 @@ descriptor per call (no SNDFILE handle, no cffi call per flush, no library-side
 buffering): each flush is one ``write`` of the new frames (repeated if the kernel takes
 part of it) and one ``pwrite`` of the header's bytes 4–44 (holding the RIFF and ``data``
 sizes), so the header is valid after every flush and a killed process leaves a playable
-file. When a
-write fails (disk full, I/O error) the file is cut back to the whole frames that did
-land, the header is patched to say exactly that, the file is closed, the recorder is
-marked :attr:`Recorder.partial` and the error is raised to the owner (which stops
-recording; the call goes on). **No empty files:** a recording whose header cannot be
-written is removed at once (the constructor raises), and one that ends holding no audio
-frame is removed at close (:attr:`Recorder.removed`). Every failure and success is noted
+file. When a write fails (disk full, I/O error) the file is cut back to the whole frames
+that did land, the header is patched to say exactly that, the file is closed, the
+recorder is marked :attr:`Recorder.partial` and the error is raised to the owner (by
+:meth:`Recorder.flush_async` at its next call), which stops recording; the call goes on.
+**No empty files:** a recording whose header cannot be written is removed at once (the
+constructor raises), and one that ends holding no audio frame is removed at close
+(:attr:`Recorder.removed`). Every failure and success is noted
 in the :class:`RecordingsDisk` of the file's directory (:func:`recordings_disk`), which
 ``/healthz`` reports. If the process dies between the frame write and the patch,
 :func:`repair_wav` sets the sizes from the file's length (cut to whole frames) and
