@@ -798,13 +798,13 @@ class Bridge:
             return
         self._closed = True
         self.connected = False
-        self._stop_recording(None)
-        await self._finish_recordings()
+        self._stop_recording(None)  # the writer thread finishes the file meanwhile
         for leg in (self.a, self.b):
             leg._close()
         try:
             await asyncio.wait_for(asyncio.gather(self.a.closed, self.b.closed), 2.0)
         except TimeoutError:
             log.warning("event=rtp_close_timeout ports=%d,%d", self.a.local_port, self.b.local_port)
+        await self._finish_recordings()
         for leg in (self.a, self.b):
             self._allocator.release(leg.local_port)
