@@ -20,9 +20,10 @@ is::
     {"v":1,"bytes":N,"sha256":"…"}\\n
     <exactly N bytes of UTF-8 JSON: the call>
 
-Writing: ``.<name>.tmp`` is written and ``fsync``-ed, renamed over the old file, and the
-directory ``fsync``-ed, so a reader sees the old version or the new one, never a mix (the
-outbox's approach, :mod:`sipdialer.notify.notifier`). A write that would not change the file
+Writing (:func:`sipdialer.durable.durable_write`, as the outbox of
+:mod:`sipdialer.notify.notifier`): ``.<name>.tmp`` is written and ``fsync``-ed, renamed over
+the old file, and the directory ``fsync``-ed, so a reader sees the old version or the new
+one, never a mix. A write that would not change the file
 is skipped. In the service the writing is done by one writer thread
 (``background=True``), never on the event loop: a file and a directory ``fsync`` per state
 change blocked the loop for most of its time at 50 call set-ups per second (py-spy of
@@ -66,6 +67,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from sipdialer.durable import durable_write, fsync_dir
 from sipdialer.engine.causes import Outcome
 from sipdialer.engine.cdr import CallRecord
 from sipdialer.engine.errors import EngineError
@@ -408,14 +410,6 @@ def decode_call(data: bytes) -> JournaledCall:
 # ---- the directory --------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CallJournal:
     """One file per live call in ``directory`` (see the module docstring).
 
@@ -508,37 +502,34 @@ class CallJournal:
                     self._cond.notify_all()
 
     def _apply(self, batch: dict[str, bytes | None]) -> bool:
-        """Write or delete each call's file, then fsync the directory once. False if
-        anything failed (logged and counted)."""
-        changed = False
+        """Write the batch's calls (:func:`~sipdialer.durable.durable_write`: one directory
+        fsync), then delete its forgotten ones (one more). False if anything failed
+        (logged and counted; a call not written is written whole at its next record)."""
         errors = self.write_errors_total
+        writes = [(self._path(i), data) for i, data in batch.items() if data is not None]
+        if writes:
+            try:
+                durable_write(writes, mode=0o600)
+            except OSError as exc:
+                for call_id, data in batch.items():
+                    if data is not None and self._written.get(call_id) == data:
+                        del self._written[call_id]
+                self._failed("write", ",".join(i for i, d in batch.items() if d), exc)
+        deleted = False
         for call_id, data in batch.items():
-            path = self._path(call_id)
             if data is None:
                 try:
-                    path.unlink()
-                    changed = True
+                    self._path(call_id).unlink()
+                    deleted = True
                 except FileNotFoundError:
                     pass
                 except OSError as exc:
                     self._failed("forget", call_id, exc)
-                continue
-            tmp = path.with_name(f".{path.name}.tmp")
+        if deleted:
             try:
-                self._write_synced(tmp, data)
-                os.replace(tmp, path)
-                changed = True
+                fsync_dir(self.directory)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                if self._written.get(call_id) == data:
-                    del self._written[call_id]  # not on disk: the next record writes again
-                self._failed("write", call_id, exc)
-        if changed:
-            try:
-                _fsync_dir(self.directory)
-            except OSError as exc:
-                self._failed("write", "-", exc)
+                self._failed("forget", "-", exc)
         return self.write_errors_total == errors
 
     def _failed(self, what: str, call_id: str, exc: BaseException) -> None:
@@ -549,17 +540,6 @@ class CallJournal:
             call_id[:12],
             quote_value(f"{type(exc).__name__}: {exc}"),
         )
-
-    @staticmethod
-    def _write_synced(path: Path, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # ---- reading ----------------------------------------------------------------------------
     def load(self) -> list[JournaledCall]:
@@ -634,7 +614,7 @@ class CallJournal:
             if target.exists():
                 target = self.corrupt_dir / f"{path.name}.{time.time_ns()}"
             os.rename(path, target)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError as exc:
             log.error(
                 "event=journal_corrupt file=%s reason=%s moved_to=- error=%s",

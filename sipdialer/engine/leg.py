@@ -65,10 +65,12 @@ it arrives — a retransmission (our ACK was lost) with the same ACK again, also
 transaction has ended, and only a 2xx that makes a new dialog goes on to the table; a
 peer's BYE is answered 200, and an in-dialog request that fails the dialog's checks
 gets the dialog's answer (481, 500); a reliable provisional response (``Require: 100rel``,
-RFC 3262) is PRACKed in its early dialog (once per RSeq; retransmissions are discarded),
-and its SDP is early media like any 18x's. An input from the network that a state does not
-list is absorbed (a 1xx after our CANCEL, a late final of another fork, the answer to a
-BYE of another fork); ``invite()`` outside idle raises :class:`LegStateError`.
+RFC 3262) is PRACKed in its early dialog (once per RSeq; retransmissions are discarded;
+at most :data:`MAX_EARLY_DIALOGS` early dialogs are kept, further new to-tags are only
+reported as progress), and its SDP is early media like any 18x's. An input from the
+network that a state does not list is absorbed (a 1xx after our CANCEL, a late final of
+another fork, the answer to a BYE of another fork); ``invite()`` outside idle raises
+:class:`LegStateError`.
 
 A re-INVITE without SDP asks us to offer (RFC 3261 §14.2, RFC 3264 §5): our 200 carries
 the offer and the peer's answer comes in its ACK. Only the ACK of that re-INVITE (same
@@ -127,6 +129,11 @@ from sipdialer.sip.sdp import AudioOffer, SdpError, parse_sdp
 from sipdialer.sip.transaction import ClientTransaction
 
 log = logging.getLogger("sipdialer.leg")
+
+#: Early dialogs (to-tags of reliable 18x) a leg keeps and PRACKs in; a reliable 18x of a
+#: further new tag is still reported as progress but neither PRACKed nor kept (its
+#: sender retransmits it until it gives up), so a forking storm costs no memory.
+MAX_EARLY_DIALOGS = 16
 
 #: 3xx responses a leg follows at most (RFC 3261 §8.1.3.4 leaves the count to us).
 MAX_REDIRECTS = 3
@@ -377,6 +384,7 @@ class Leg:
         self._acks: dict[str, Request] = {}  # to-tag → ACK we sent for its 2xx
         self._early: dict[str, Dialog] = {}  # to-tag → early dialog we PRACKed in
         self._rseq: dict[str, int] = {}  # to-tag → highest RSeq PRACKed
+        self._early_capped = False  # a reliable 18x of a new tag beyond the cap was seen
         self._offered_in: int | None = None  # CSeq of the re-INVITE our 2xx offered to
         self.redirects: list[str] = []
         """Request-URIs we followed 3xx responses to, in order (for the CDR)."""
@@ -484,6 +492,13 @@ class Leg:
             return False  # a retransmission (our PRACK is on its way) or no dialog
         assert self._invite is not None
         dialog = self._early.get(to_tag)
+        if dialog is None and len(self._early) >= MAX_EARLY_DIALOGS:
+            if not self._early_capped:  # a forking storm: progress only, no state kept
+                self._early_capped = True
+                log.warning(
+                    "event=leg_early_dialogs_capped %s max=%d", self.log_ctx, MAX_EARLY_DIALOGS
+                )
+            return True
         if dialog is None:
             try:
                 dialog = Dialog.from_uac_response(self._invite, resp)

@@ -37,8 +37,9 @@ ever overwriting each other. Pending entries are read in ``seq`` order. A file i
     {"v":1,"key":"enigma:notifications:cdr","call_id":"…","created_at":…,"bytes":N,"sha256":"…"}\\n
     <exactly the N bytes of UTF-8 JSON that are LPUSHed>
 
-Writing: the file is written as ``.<name>.tmp``, ``fsync``-ed, renamed to its final name,
-and the directory ``fsync``-ed (one directory sync for the two entries of a call). Why
+Writing (:func:`sipdialer.durable.durable_write`): the file is written as ``.<name>.tmp``,
+``fsync``-ed, renamed to its final name, and the directory ``fsync``-ed (one directory sync
+for the two entries of a call). Why
 one file per entry rather than an append-only log with fsync: a log needs a second,
 equally durable record of what was delivered (an offset file or tombstones) and
 compaction, and a torn tail can take a neighbour with it; with files, the rename is the
@@ -86,6 +87,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sipdialer.config import RedisConfig
+from sipdialer.durable import durable_write, fsync_dir
 from sipdialer.engine.cdr import Cdr
 from sipdialer.errors import SipdialerError
 from sipdialer.logs import quote_value
@@ -124,14 +126,6 @@ class Entry:
     @property
     def document(self) -> Any:
         return json.loads(self.payload)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _encode(entry: Entry) -> bytes:
@@ -232,11 +226,10 @@ class Outbox:
         prepared = [(key, dumps_document(doc), call_id) for key, doc, call_id in items]
         with self._lock:
             entries: list[Entry] = []
-            tmp_paths: list[Path] = []
-            try:
-                for key, payload, call_id in prepared:
-                    seq = self._next_seq()
-                    entry = Entry(
+            for key, payload, call_id in prepared:
+                seq = self._next_seq()
+                entries.append(
+                    Entry(
                         id=f"{seq:017d}-{secrets.token_hex(4)}",
                         seq=seq,
                         key=key,
@@ -244,18 +237,9 @@ class Outbox:
                         call_id=call_id,
                         created_at=time.time(),
                     )
-                    tmp = self.directory / f".{entry.id}{_SUFFIX}.tmp"
-                    tmp_paths.append(tmp)
-                    self._write_synced(tmp, _encode(entry))
-                    entries.append(entry)
-                for tmp, entry in zip(tmp_paths, entries, strict=True):
-                    os.rename(tmp, self._path(entry.id))
-                _fsync_dir(self.directory)
-            except OSError:
-                for tmp in tmp_paths:
-                    with contextlib.suppress(OSError):
-                        tmp.unlink()
-                raise
+                )
+            files = [(self._path(e.id), _encode(e)) for e in entries]
+            durable_write(files, mode=0o640, exclusive=True)  # one directory sync for all
         return entries
 
     def reserve_seq(self) -> int:
@@ -266,17 +250,6 @@ class Outbox:
     def _next_seq(self) -> int:
         self._last_seq = max(self._last_seq + 1, time.time_ns() // 1000)
         return self._last_seq
-
-    @staticmethod
-    def _write_synced(path: Path, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # -- reading and forgetting ----------------------------------------------------------
 
@@ -317,7 +290,7 @@ class Outbox:
             except FileNotFoundError:
                 pass
         if removed:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     # -- internals -------------------------------------------------------------------
 
@@ -337,7 +310,7 @@ class Outbox:
             if target.exists():
                 target = self.corrupt_dir / f"{path.name}.{time.time_ns()}"
             os.rename(path, target)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError as exc:
             log.error(
                 "event=outbox_corrupt file=%s reason=%s moved_to=- error=%s",

@@ -19,9 +19,23 @@ of the relay's cost per packet); it makes the recorder's memory a hard cap whate
 sends: at most :data:`BUFFER_CAP` bytes of audio per call (:attr:`Recorder.buffered_bytes`).
 Decoding (one numpy table lookup over the joined payloads), placing and writing happen in
 :meth:`Recorder.flush`, which the *owner* calls about every :data:`FLUSH_INTERVAL`
-seconds — the :class:`~sipdialer.rtp.relay.Bridge` arms a loop timer for it, so this class
-needs no event loop and tests drive it with explicit times. A crash loses at most the last
-interval (plus the hold-back). Telephone-event packets never reach the recorder.
+seconds, so this class needs no event loop and tests drive it with explicit times. A
+crash loses at most the last interval (plus the hold-back and a block in flight).
+Telephone-event packets never reach the recorder.
+
+*Off the event loop.* :meth:`Recorder.flush` and :meth:`Recorder.close` block on the
+disk; the :class:`~sipdialer.rtp.relay.Bridge` calls :meth:`Recorder.flush_async` from a
+loop timer instead, and :meth:`Recorder.close_async` at the end. These do the CPU work
+(placing, and interleaving both channels into one block, bounded by the channels' caps)
+on the loop and hand the block to the process's one writer thread, which writes it and
+patches the header, in order. A recorder has at most one block in flight: while it is,
+no other is prepared and what is fed waits in the channels (their caps drop the excess,
+counted as overflow), so a slow disk costs audio, never the relay's latency, and the
+writer's queue holds at most a block and a close per recorder. A block still in flight
+after :data:`WRITE_STALL` seconds stops the recording (``ETIMEDOUT``, partial). The
+writer thread owns the file (``frames``, ``partial``, ``error``, ``removed``,
+``finished``) until the future of :meth:`Recorder.close_async` is done; errors of its
+writes reach the owner at its next :meth:`Recorder.flush_async`.
 
 *The timeline.* Each channel is placed by arrival time relative to the recording start
 (``now`` at construction): a packet's audio ends at its arrival (it was sent once
@@ -54,14 +68,15 @@ length.
 is three fixed fields of a 44-byte layout, and doing it ourselves keeps one plain file
 descriptor per call (no SNDFILE handle, no cffi call per flush, no library-side
 buffering): each flush is one ``write`` of the new frames (repeated if the kernel takes
-part of it) and two 4-byte ``pwrite`` patches of the RIFF and ``data`` sizes, so the
-header is valid after every flush and a killed process leaves a playable file. When a
-write fails (disk full, I/O error) the file is cut back to the whole frames that did
-land, the header is patched to say exactly that, the file is closed, the recorder is
-marked :attr:`Recorder.partial` and the error is raised to the owner (which stops
-recording; the call goes on). **No empty files:** a recording whose header cannot be
-written is removed at once (the constructor raises), and one that ends holding no audio
-frame is removed at close (:attr:`Recorder.removed`). Every failure and success is noted
+part of it) and one ``pwrite`` of the header's bytes 4–44 (holding the RIFF and ``data``
+sizes), so the header is valid after every flush and a killed process leaves a playable
+file. When a write fails (disk full, I/O error) the file is cut back to the whole frames
+that did land, the header is patched to say exactly that, the file is closed, the
+recorder is marked :attr:`Recorder.partial` and the error is raised to the owner (by
+:meth:`Recorder.flush_async` at its next call), which stops recording; the call goes on.
+**No empty files:** a recording whose header cannot be written is removed at once (the
+constructor raises), and one that ends holding no audio frame is removed at close
+(:attr:`Recorder.removed`). Every failure and success is noted
 in the :class:`RecordingsDisk` of the file's directory (:func:`recordings_disk`), which
 ``/healthz`` reports. If the process dies between the frame write and the patch,
 :func:`repair_wav` sets the sizes from the file's length (cut to whole frames) and
@@ -73,16 +88,19 @@ published under (never a path).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
+import logging
 import os
+import queue
 import re
 import secrets
 import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +118,7 @@ __all__ = [
     "PENDING_PACKETS",
     "RATE",
     "TOLERANCE",
+    "WRITE_STALL",
     "Channel",
     "PendingPayloads",
     "Recorder",
@@ -134,8 +153,14 @@ PENDING_PACKETS = 512
 BUFFER_CAP = CHANNELS * (PENDING_BYTES + (TOLERANCE + AHEAD) * SAMPLE_BYTES)
 #: How often the owner should call :meth:`Recorder.flush` (seconds).
 FLUSH_INTERVAL = 1.0
+#: A block handed to the writer thread that has not landed after this many seconds
+#: stops the recording (:meth:`Recorder.flush_async` raises ``ETIMEDOUT``): while one is in
+#: flight the recorder prepares no other, so this also bounds the next block's size.
+WRITE_STALL = 5.0
 HEADER_SIZE = 44
 _MAX_DATA = 0xFFFFFFFF - 36
+
+log = logging.getLogger("sipdialer.rtp")
 
 _DECODE: dict[str, npt.NDArray[np.int16]] = {"PCMU": ULAW_DECODE, "PCMA": ALAW_DECODE}
 _EMPTY = np.zeros(0, dtype=np.int16)
@@ -271,8 +296,8 @@ class Channel:
     """One side: packets not yet placed (three queues in step), and the placed samples not
     yet written.
 
-    Invariant: ``len(tail) == cursor - recorder.frames``. The queues are never rebound
-    (the relay holds their ``append``).
+    Invariant: ``len(tail) == cursor - recorder._prepared`` (the frames taken for
+    writing). The queues are never rebound (the relay holds their ``append``).
     """
 
     __slots__ = ("arrivals", "codecs", "cursor", "excess", "idle", "payloads", "tail")
@@ -330,7 +355,15 @@ class Recorder:
         self.path = Path(path)
         self.start = now
         self.frames = 0  # stereo frames written (and announced in the header)
+        #: True once no more audio is taken: a close was asked for, or a write failed.
         self.closed = False
+        #: True once the file is closed (with :meth:`close_async`: on the writer thread).
+        self.finished = False
+        self._released = False
+        self._prepared = 0  # frames taken for writing (== frames when no block is in flight)
+        #: The owner's time the block on the writer thread was handed over (None: none).
+        self._in_flight_since: float | None = None
+        self._close_future: concurrent.futures.Future[None] | None = None
         #: True once a write failed: the file holds the call only up to the failure.
         self.partial = False
         #: The write error that made the recording partial.
@@ -452,23 +485,23 @@ class Recorder:
         ch.idle = idle
         ch.excess += excess
 
-    def _write(self, upto: int) -> int:
-        """Write both channels up to absolute frame ``upto``, padding with silence.
+    def _take(self, upto: int) -> tuple[npt.NDArray[np.int16], int] | None:
+        """Both channels' frames up to absolute frame ``upto``, silence-padded, as one
+        interleaved block ``(frames, end)`` for :meth:`_commit` (None: nothing to write).
 
-        On a write error: cut the file to the frames that landed, fix its header, close
-        it (:meth:`_fail`) and raise.
+        CPU only (no IO): on the loop in :meth:`flush_async`.
         """
-        n = upto - self.frames
+        n = upto - self._prepared
         if n <= 0:
-            return 0
-        if (self.frames + n) * BLOCK_ALIGN > _MAX_DATA:  # WAV's 4 GiB limit (~37 h)
-            n = _MAX_DATA // BLOCK_ALIGN - self.frames
+            return None
+        if (self._prepared + n) * BLOCK_ALIGN > _MAX_DATA:  # WAV's 4 GiB limit (~37 h)
+            n = _MAX_DATA // BLOCK_ALIGN - self._prepared
             if n <= 0:  # the file is full: what comes is dropped, not held
                 for ch in (self.a, self.b):
                     ch.tail = _EMPTY
-                    ch.cursor = self.frames
-                return 0
-        end = self.frames + n
+                    ch.cursor = self._prepared
+                return None
+        end = self._prepared + n
         out = np.empty((n, CHANNELS), dtype=np.int16)
         for col, ch in enumerate((self.a, self.b)):
             k = min(n, len(ch.tail))
@@ -481,19 +514,32 @@ class Recorder:
                 if end - ch.cursor > TOLERANCE:  # silent for a while: restart at arrival
                     ch.idle = True
                 ch.cursor = end
+        self._prepared = end
+        return out, end
+
+    def _commit(self, block: tuple[npt.NDArray[np.int16], int]) -> int:
+        """Append a :meth:`_take` block to the file and patch the header; returns its frames.
+
+        The file IO (on the writer thread in :meth:`flush_async`). On a write error: cut
+        the file to the frames that landed, fix its header, close it (:meth:`_fail`) and
+        raise.
+        """
+        if self._released:
+            return 0
+        out, end = block
         fd = self._fd
         done = 0
         try:
             done = _write_all(fd, out.data.cast("B"))  # C-contiguous: no copy
-            size = end * BLOCK_ALIGN
-            os.pwrite(fd, struct.pack("<I", 36 + size), 4)
-            os.pwrite(fd, struct.pack("<I", size), 40)
+            # both sizes (RIFF at 4, data at 40) in one write of the header's bytes 4..44
+            os.pwrite(fd, _header(end * BLOCK_ALIGN)[4:], 4)
         except _PartialWrite as exc:
             self._fail(exc.error, self.frames + exc.done // BLOCK_ALIGN)
             raise exc.error from None
         except OSError as exc:
             self._fail(exc, self.frames + done // BLOCK_ALIGN)
             raise
+        n = end - self.frames
         self.frames = end
         self.disk.note_write()
         return n
@@ -501,8 +547,9 @@ class Recorder:
     def _fail(self, exc: OSError, frames: int) -> None:
         """A write failed with ``frames`` whole frames in the file: make the file say
         exactly that (or remove it if that is none), close it, note the failure."""
-        self.partial = True
         self.error = exc
+        self.partial = True
+        self.closed = True
         self.frames = frames
         size = frames * BLOCK_ALIGN
         with contextlib.suppress(OSError):  # best effort: the disk is failing
@@ -514,9 +561,9 @@ class Recorder:
 
     def _release(self) -> None:
         """Close the file (once); remove it if it holds no audio frame."""
-        if self.closed:
+        if self._released:
             return
-        self.closed = True
+        self._released = True
         try:
             os.close(self._fd)
         except OSError as exc:  # e.g. NFS reporting a failed write-back at close
@@ -528,18 +575,29 @@ class Recorder:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
             self.removed = True
+        self.finished = True
+
+    def _final_block(self, now: float | None) -> tuple[npt.NDArray[np.int16], int] | None:
+        self._place(self.a)
+        self._place(self.b)
+        end = max(self.a.cursor, self.b.cursor)
+        if now is not None:
+            end = max(end, self._position(now))
+        return self._take(end)
 
     def flush(self, now: float) -> int:
         """Place what was fed and write both channels up to ``now − TOLERANCE``.
 
         Returns the number of frames written. The file is a valid WAV afterwards, also
         when this raises ``OSError`` (the recording is then :attr:`partial` and closed).
+        Blocks on the disk: an event loop calls :meth:`flush_async` instead.
         """
         if self.closed:
             return 0
         self._place(self.a)
         self._place(self.b)
-        return self._write(self._position(now) - TOLERANCE)
+        block = self._take(self._position(now) - TOLERANCE)
+        return 0 if block is None else self._commit(block)
 
     def close(self, now: float | None = None) -> None:
         """Write everything left, both channels to the same length, and close the file.
@@ -547,18 +605,96 @@ class Recorder:
         With ``now`` the file is at least as long as the recording's elapsed time;
         without it, it ends with the last audio placed. A file that ends up with no
         audio frame is removed. Idempotent; raises ``OSError`` if the last write failed.
+        Blocks on the disk: an event loop calls :meth:`close_async` instead.
         """
         if self.closed:
             return
+        self.closed = True
         try:
-            self._place(self.a)
-            self._place(self.b)
-            end = max(self.a.cursor, self.b.cursor)
-            if now is not None:
-                end = max(end, self._position(now))
-            self._write(end)
+            block = self._final_block(now)
+            if block is not None:
+                self._commit(block)
         finally:
             self._release()
+
+    # -- off the loop ------------------------------------------------------------------
+
+    def flush_async(self, now: float) -> None:
+        """:meth:`flush` with the file IO on the process's writer thread; never blocks.
+
+        The placing and the block's interleaving (CPU, bounded by the channels' caps) run
+        here; the ``write`` and header patches run on the writer thread. While a block is
+        in flight no other is prepared: what is fed meanwhile waits in the channels (whose
+        caps then drop the excess, counted as overflow). Raises the ``OSError`` of a write
+        that failed on the writer thread since the last call (the recording is then
+        :attr:`partial` and its file closed), or ``ETIMEDOUT`` once a block has been in
+        flight for :data:`WRITE_STALL` seconds (the recording is then :attr:`partial`; it
+        ends where the last landed block ended). The owner then calls :meth:`close_async`.
+        """
+        error = self.error
+        if error is not None:
+            raise error
+        if self.closed:
+            return
+        since = self._in_flight_since
+        if since is not None:
+            if now - since < WRITE_STALL:
+                return
+            exc = OSError(errno.ETIMEDOUT, "recording write stalled")
+            self.partial = True
+            self.error = exc
+            self.disk.note_failure(exc, partial=True)
+            raise exc
+        self._place(self.a)
+        self._place(self.b)
+        block = self._take(self._position(now) - TOLERANCE)
+        if block is not None:
+            self._in_flight_since = now
+            _writer().submit(self._commit_job, block)
+
+    def _commit_job(self, block: tuple[npt.NDArray[np.int16], int]) -> None:
+        try:
+            self._commit(block)
+        except OSError:
+            pass  # kept in self.error; the owner's next flush_async raises it
+        finally:
+            self._in_flight_since = None
+
+    def close_async(self, now: float | None = None) -> concurrent.futures.Future[None]:
+        """:meth:`close` with the file IO on the writer thread (after any block in flight).
+
+        The future is done once the file is closed (or removed): only then are
+        :attr:`frames`, :attr:`partial`, :attr:`removed` and :attr:`error` final. It
+        fails with the ``OSError`` of a failed last write. Idempotent (the same future).
+        After a stall (see :meth:`flush_async`) nothing more is written.
+        """
+        if self._close_future is not None:
+            return self._close_future
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._close_future = future
+        block = None
+        if not self.closed:
+            self.closed = True
+            if self.error is None:
+                block = self._final_block(now)
+        _writer().submit(self._close_job, block, future)
+        return future
+
+    def _close_job(
+        self,
+        block: tuple[npt.NDArray[np.int16], int] | None,
+        future: concurrent.futures.Future[None],
+    ) -> None:
+        try:
+            try:
+                if block is not None:
+                    self._commit(block)
+            finally:
+                self._release()
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
 
     @property
     def duration(self) -> float:
@@ -592,6 +728,49 @@ def _write_all(fd: int, data: bytes | memoryview) -> int:
             raise _PartialWrite(done, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         done += written
     return done
+
+
+class _Writer:
+    """The process's recording writer: one daemon thread running jobs in order.
+
+    Its queue needs no bound of its own: a recorder has at most one block and one close
+    in it (:meth:`Recorder.flush_async` prepares no block while one is in flight).
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]]] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="recording-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[..., None], *args: object) -> None:
+        self._jobs.put((job, args))
+
+    def _run(self) -> None:
+        while True:
+            job, args = self._jobs.get()
+            try:
+                job(*args)
+            except Exception:  # a job handles its own errors: this is a bug, keep going
+                log.exception("event=recording_writer_error")
+
+
+_the_writer: _Writer | None = None
+_writer_lock = threading.Lock()
+
+
+def _writer() -> _Writer:
+    """The writer thread of this process (started on first use, again after a fork)."""
+    global _the_writer
+    w = _the_writer
+    if w is None or w.pid != os.getpid():
+        with _writer_lock:
+            w = _the_writer
+            if w is None or w.pid != os.getpid():
+                w = _the_writer = _Writer()
+    return w
 
 
 def repair_wav(path: Path) -> int:

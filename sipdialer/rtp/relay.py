@@ -37,11 +37,14 @@ Behaviour:
   recorded).
 * **Recording.** Audio payloads received on A and B are appended, with their arrival
   time, to the :class:`~sipdialer.rtp.recorder.Recorder`'s lists; the bridge calls
-  :meth:`~sipdialer.rtp.recorder.Recorder.flush` every
+  :meth:`~sipdialer.rtp.recorder.Recorder.flush_async` every
   :data:`~sipdialer.rtp.recorder.FLUSH_INTERVAL` seconds from a loop timer (the first
-  one at a random phase, so calls started together do not flush together) and
-  :meth:`~sipdialer.rtp.recorder.Recorder.close` on :meth:`Bridge.stop_recording` or
-  :meth:`Bridge.close`. A recorder error (disk full) stops the recording, never the call.
+  one at a random phase, so calls started together do not flush together): the audio is
+  placed on the loop, the file is written by the recorder's writer thread, so a slow disk
+  never stalls the relay. :meth:`Bridge.stop_recording` and :meth:`Bridge.close` hand the
+  recorder's close to that thread; :meth:`Bridge.close` waits for it (at most
+  :data:`~sipdialer.rtp.recorder.WRITE_STALL` s). A recorder error (disk full, a write
+  stalled) stops the recording, never the call.
 * **SRTP (SDES, RFC 3711/4568).** :meth:`MediaLeg.set_srtp` gives a leg the key its party
   encrypts with (inbound) and ours for it (outbound), each direction optional, so any mix
   bridges: SRTP↔RTP, SRTP↔SRTP with different keys, PCMU↔PCMA under SRTP. An inbound key
@@ -93,7 +96,13 @@ from sipdialer.rtp.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, encode
 from sipdialer.rtp.latch import Latch
 from sipdialer.rtp.packet import HEADER, REWRITE, payload_bounds
 from sipdialer.rtp.ports import PortAllocator
-from sipdialer.rtp.recorder import FLUSH_INTERVAL, Channel, Recorder
+from sipdialer.rtp.recorder import (
+    FLUSH_INTERVAL,
+    WRITE_STALL,
+    Channel,
+    Recorder,
+    describe_os_error,
+)
 from sipdialer.rtp.srtp import SrtpKey, SrtpReceiver, SrtpSender
 
 __all__ = ["Bridge", "Codec", "MediaAddressError", "MediaLeg"]
@@ -770,6 +779,8 @@ class Bridge:
         self.recorder: Recorder | None = None
         self.recording_error: BaseException | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
+        #: Recordings this bridge stopped whose file the writer thread is finishing.
+        self._recordings_closing: list[tuple[Recorder, asyncio.Future[None]]] = []
         self._closed = False
 
     @classmethod
@@ -834,15 +845,23 @@ class Bridge:
         if recorder is None or self._closed:
             return
         try:
-            recorder.flush(self._loop.time())
-        except Exception as e:  # disk full, I/O error: stop recording, keep the call up
-            log.exception("event=recording_failed path=%s", recorder.path)
+            recorder.flush_async(self._loop.time())  # the file IO runs on the writer thread
+        except Exception as e:  # disk full, I/O error, stall: stop recording, keep the call up
+            log.error(
+                "event=recording_failed path=%s error=%s",
+                recorder.path,
+                describe_os_error(e),
+                exc_info=not isinstance(e, OSError),
+            )
             self._stop_recording(e)
             return
         self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
 
     def stop_recording(self) -> None:
-        """Finish the recording now (the call goes on); :meth:`close` does it too."""
+        """Finish the recording now (the call goes on); :meth:`close` does it too.
+
+        The file is finished on the recorder's writer thread: :meth:`close` waits for it.
+        """
         self._stop_recording(None)
 
     def _stop_recording(self, error: BaseException | None) -> None:
@@ -851,15 +870,41 @@ class Bridge:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        recorder = self.recorder
-        if recorder is not None and not recorder.closed:
-            try:
-                recorder.close(self._loop.time())
-            except Exception as e:
-                log.exception("event=recording_close_failed path=%s", recorder.path)
-                error = error or e
         if error is not None and self.recording_error is None:
             self.recording_error = error
+        recorder = self.recorder
+        if recorder is not None and all(r is not recorder for r, _ in self._recordings_closing):
+            done = asyncio.wrap_future(recorder.close_async(self._loop.time()), loop=self._loop)
+            self._recordings_closing.append((recorder, done))
+            done.add_done_callback(lambda f: self._recording_closed(recorder, f))
+
+    def _recording_closed(self, recorder: Recorder, done: asyncio.Future[None]) -> None:
+        if done.cancelled():
+            return
+        e = done.exception()
+        if e is not None:
+            log.error(
+                "event=recording_close_failed path=%s error=%s",
+                recorder.path,
+                describe_os_error(e),
+                exc_info=None if isinstance(e, OSError) else e,
+            )
+            if self.recording_error is None:
+                self.recording_error = e
+
+    async def _finish_recordings(self) -> None:
+        """Wait (at most :data:`~sipdialer.rtp.recorder.WRITE_STALL` s) for the writer
+        thread to finish this bridge's recordings; a file not finished by then is marked
+        partial (the writer still closes it when its disk answers)."""
+        pending = [f for _, f in self._recordings_closing if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=WRITE_STALL)
+        for recorder, done in self._recordings_closing:
+            if not done.done():
+                log.warning("event=recording_close_stalled path=%s", recorder.path)
+                recorder.partial = True
+                if self.recording_error is None:
+                    self.recording_error = TimeoutError("recording write stalled")
 
     def last_activity(self) -> float:
         """Loop time of the latest valid packet on either leg (the open time before any)."""
@@ -878,12 +923,13 @@ class Bridge:
             return
         self._closed = True
         self.connected = False
-        self._stop_recording(None)
+        self._stop_recording(None)  # the writer thread finishes the file meanwhile
         for leg in (self.a, self.b):
             leg._close()
         try:
             await asyncio.wait_for(asyncio.gather(self.a.closed, self.b.closed), 2.0)
         except TimeoutError:
             log.warning("event=rtp_close_timeout ports=%d,%d", self.a.local_port, self.b.local_port)
+        await self._finish_recordings()
         for leg in (self.a, self.b):
             self._allocator.release(leg.local_port)

@@ -6,7 +6,8 @@ legs. Its scenarios (``tests/sipp/*.xml``) branch on the Request-URI: the agent'
 (``sip:1000@``) is answered at once with PCMU SDP naming a UDP socket of this test (the
 agent's phone), the callee's INVITE is scripted per test. SIPp runs with ``-m 2`` and
 exits 0 only when both calls ran their scenario to the end, so every test also checks
-that the peer received every message it expected, in order.
+that the peer received every message it expected, in order. The trunk, the service and
+the helpers are :mod:`tests.fixtures.sipp_trunk`.
 """
 
 from __future__ import annotations
@@ -17,273 +18,29 @@ import logging
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
 import soundfile
 
-from sipdialer.config import parse_config
-from sipdialer.engine.cdr import MemorySink
-from sipdialer.engine.dialer import CallRequest, CallRunner
-from sipdialer.rtp.g711 import decode_ulaw, encode_ulaw
-from sipdialer.rtp.packet import HEADER
-from sipdialer.service import Service
 from tests.fixtures import ports
 from tests.fixtures.lab import ended, peak_hz, wait_state
-from tests.fixtures.process import PeerProcess, tail, wait_until
 from tests.fixtures.require import require_binary
-from tests.fixtures.sipp import start_sipp
+from tests.fixtures.sipp_trunk import (
+    Lab,
+    audio_of,
+    cseq_of,
+    header,
+    marker,
+    poll,
+    rms,
+    send_tone,
+    sipp_done,
+    sipp_workdir,
+    watch,
+)
 
-if TYPE_CHECKING:
-    from tests.conftest import PeerStack
-
-AGENT, CALLEE, OUTBOUND = "1000", "0820001234", "0123456789"
-SCENARIOS = Path(__file__).parents[1] / "sipp"
-RATE = 8000
-
-
-# ---- the SIPp trunk ---------------------------------------------------------------------
-@dataclass
-class SippTrunk:
-    """One SIPp UAS (``-m 2``) playing the trunk; a peer of ``peer_stack`` (stopped by PID)."""
-
-    proc: PeerProcess
-    port: int
-    workdir: Path
-    reserved_ports: list[int]
-
-    @property
-    def log_path(self) -> Path:
-        return self.proc.log_path
-
-    @property
-    def messages_log(self) -> Path:
-        return self.workdir / "messages.log"
-
-    @property
-    def errors_log(self) -> Path:
-        return self.workdir / "errors.log"
-
-    def stop(self) -> None:
-        self.proc.stop()
-
-    def log_tail(self, n: int = 30) -> str:
-        return (
-            f"exit status {self.proc.returncode()}\n{self.proc.log_tail(n)}\n"
-            f"--- {self.errors_log.name} ---\n{tail(self.errors_log, n)}\n"
-            f"--- first lines of what SIPp received ---\n" + "\n".join(self.received_lines())
-        )
-
-    def received(self) -> list[str]:
-        """Every SIP message SIPp received, in order (from its ``-trace_msg`` file)."""
-        try:
-            text = self.messages_log.read_text(errors="replace")
-        except OSError:
-            return []
-        blocks = re.split(r"^-{20,} .*$", text, flags=re.M)
-        return [
-            b.split("\n\n", 1)[1].strip("\n")
-            for b in blocks
-            if re.search(r"message received \[\d+\] bytes", b) and "\n\n" in b
-        ]
-
-    def received_lines(self) -> list[str]:
-        """First line of each message received (``INVITE sip:…``, ``SIP/2.0 200 OK``)."""
-        return [m.splitlines()[0] for m in self.received() if m]
-
-    def received_in(self, call_id: str) -> list[str]:
-        """The messages SIPp received in one SIP call (dialog), in order."""
-        return [m for m in self.received() if header(m, "Call-ID") == call_id]
-
-    def assert_completed(self, timeout: float = 10.0) -> None:
-        """SIPp exited 0 on its own: both calls ran their whole scenario."""
-        wait_until(lambda: not self.proc.running(), timeout)
-        rc = self.proc.returncode()
-        assert rc == 0, f"SIPp did not complete its scenario:\n{self.log_tail(40)}"
-
-
-def header(message: str, name: str) -> str:
-    m = re.search(rf"^{name}:[ \t]*(.*?)\s*$", message, flags=re.M | re.I)
-    return m.group(1) if m else ""
-
-
-def sipp_workdir(tmp_path: Path) -> Path:
-    """SIPp's working directory (its logs, and the files a scenario names)."""
-    workdir = tmp_path / "sipp"
-    workdir.mkdir(exist_ok=True)
-    return workdir
-
-
-@pytest.fixture
-def sipp_trunk(tmp_path: Path, peer_stack: PeerStack) -> Callable[..., SippTrunk]:
-    """Factory ``sipp_trunk(scenario, **keys)``: a started SIPp UAS playing the trunk.
-
-    ``keys`` become ``-key NAME VALUE`` (``[NAME]`` in the scenario). SIPp exits by itself
-    after the two calls (``-m 2``); a missing message fails its call after 15 s.
-    """
-    require_binary("sipp")
-
-    def start(scenario: str, **keys: object) -> SippTrunk:
-        port = ports.free_port("both")
-        media = ports.free_port_range(4, "udp")
-        workdir = sipp_workdir(tmp_path)
-        args: list[object] = [
-            *("-sf", SCENARIOS / scenario),
-            *("-i", "127.0.0.1", "-p", port, "-t", "u1"),
-            *("-mi", "127.0.0.1", "-mp", media),
-            *("-m", 2, "-recv_timeout", 15000, "-timeout", "40s", "-timeout_error"),
-            *("-trace_msg", "-message_file", workdir / "messages.log"),
-            *("-trace_err", "-error_file", workdir / "errors.log"),
-            *("-trace_logs", "-log_file", workdir / "actions.log"),
-        ]
-        for key, value in keys.items():
-            args += ["-key", key, value]
-        proc = start_sipp([str(a) for a in args], workdir / "sipp.out", cwd=workdir)
-        trunk = SippTrunk(proc, port, workdir, [port, *range(media, media + 4)])
-        peer_stack.add(f"sipp trunk :{port}", trunk)
-        bound = wait_until(lambda: not ports.port_is_free(port, "udp") or not proc.running(), 5)
-        if not (bound and proc.running()):
-            pytest.fail(f"sipp did not start:\n{trunk.log_tail()}", pytrace=False)
-        return trunk
-
-    return start
-
-
-# ---- the service ------------------------------------------------------------------------
-@dataclass
-class Lab:
-    service: Service
-    sink: MemorySink
-
-    async def call(self) -> CallRunner:
-        assert self.service.dialer is not None
-        return await self.service.dialer.originate(
-            CallRequest(agent=AGENT, callee=CALLEE, outbound_id=OUTBOUND, call_ref="edge-1")
-        )
-
-
-@pytest.fixture
-async def make_lab(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
-    """Factory ``await make_lab(trunk_port, t1=0.5, callee_ring_timeout=10)``."""
-    started: list[Service] = []
-    reserved: list[int] = []
-
-    async def make(trunk_port: int, *, t1: float = 0.5, callee_ring_timeout: float = 10) -> Lab:
-        port = ports.free_port("both")
-        rtp = ports.free_port_range(20, "udp")
-        reserved.extend([port, *range(rtp, rtp + 20)])
-        sink = MemorySink()
-        config = parse_config(
-            f"""
-[trunk]
-registrar = 127.0.0.1:{trunk_port}
-domain = trunk.test
-register = no
-[sip]
-listen = 127.0.0.1:{port}
-rtp_ports = {rtp}-{rtp + 19}
-t1 = {t1}
-[calls]
-agent_ring_timeout = 5
-callee_ring_timeout = {callee_ring_timeout}
-[recording]
-directory = {tmp_path / "recordings"}
-"""
-        )
-        service = Service(config, sink=sink, serve_http=False)
-        await service.start()
-        started.append(service)
-        return Lab(service, sink)
-
-    yield make
-    for service in started:
-        await service.stop()
-    ports.release(reserved)
-
-
-async def poll(predicate: Callable[[], bool], timeout: float, message: str) -> float:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, message
-        await asyncio.sleep(0.005)
-    return time.monotonic()
-
-
-def cseq_of(message: str) -> str:
-    m = re.search(r"^CSeq:\s*(\d+\s+\S+)", message, flags=re.M | re.I)
-    return " ".join(m.group(1).split()) if m else ""
-
-
-async def sipp_done(trunk: SippTrunk, timeout: float = 10.0) -> None:
-    await asyncio.to_thread(trunk.assert_completed, timeout)
-
-
-# ---- RTP helpers -------------------------------------------------------------------------
-@dataclass
-class RtpSocket(asyncio.DatagramProtocol):
-    """A UDP socket of this test standing in for a phone's media port."""
-
-    packets: list[tuple[float, bytes]] = field(default_factory=list)
-    transport: asyncio.DatagramTransport | None = None
-    port: int = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.packets.append((time.monotonic(), data))
-
-    def between(self, start: float, end: float) -> list[bytes]:
-        return [p for t, p in self.packets if start <= t < end]
-
-
-@pytest.fixture
-async def rtp_socket() -> AsyncIterator[Callable[..., object]]:
-    """Factory ``await rtp_socket()`` → a bound :class:`RtpSocket` (closed at teardown)."""
-    made: list[RtpSocket] = []
-
-    async def make() -> RtpSocket:
-        loop = asyncio.get_running_loop()
-        for _ in range(20):
-            port = ports.free_port("udp")
-            try:
-                _, proto = await loop.create_datagram_endpoint(
-                    RtpSocket, local_addr=("127.0.0.1", port)
-                )
-            except OSError:
-                ports.release([port])
-                continue
-            proto.port = port
-            made.append(proto)
-            return proto
-        raise RuntimeError("no free UDP port for a test RTP socket")
-
-    yield make
-    for sock in made:
-        if sock.transport is not None:
-            sock.transport.close()
-        ports.release([sock.port])
-
-
-def audio_of(packets: list[bytes]) -> np.ndarray:
-    """Decode PCMU RTP packets (payload type 0) into float samples."""
-    chunks = []
-    for p in packets:
-        assert p[1] & 0x7F == 0, f"unexpected payload type {p[1] & 0x7F}"
-        chunks.append(decode_ulaw(p[12:]))
-    return np.concatenate(chunks).astype(float) if chunks else np.zeros(0)
-
-
-def rms(samples: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
-
-
-def marker(packet: bytes) -> bool:
-    return bool(packet[1] & 0x80)
+# The fixtures sipp_trunk, make_lab and rtp_socket are in tests/peers/conftest.py.
 
 
 # ---- 1. a 200 OK crossing our CANCEL --------------------------------------------------------
@@ -337,18 +94,6 @@ async def test_200_crossing_cancel_is_acked_and_byed(
 
 
 # ---- 2. early media relayed to the agent -------------------------------------------------
-async def watch(runner: CallRunner, seen: dict[str, float]) -> None:
-    """Note when the callee's media address is first known (the 183) and when bridged."""
-    while not runner.call.ended:
-        now = time.monotonic()
-        b = runner.bridge.b if runner.bridge is not None else None
-        if "callee_media" not in seen and b is not None and b.remote is not None:
-            seen["callee_media"] = now
-        if "bridged" not in seen and runner.state.value == "bridged":
-            seen["bridged"] = now
-        await asyncio.sleep(0.005)
-
-
 @pytest.mark.peers
 async def test_early_media_is_relayed_to_the_agent(
     sipp_trunk, make_lab, rtp_socket, tmp_path: Path
@@ -394,20 +139,6 @@ async def test_early_media_is_relayed_to_the_agent(
 
 
 # ---- 3. re-INVITE, OPTIONS and INFO from the callee ---------------------------------------
-async def send_tone(sock: RtpSocket, dest: tuple[str, int], hz: float, stop: asyncio.Event) -> None:
-    """Send a PCMU tone as 20 ms RTP packets from ``sock`` until ``stop`` is set."""
-    assert sock.transport is not None
-    ssrc, seq, n = 0x1234ABCD, 1000, 0
-    t = np.arange(160) / RATE
-    start = time.monotonic()
-    while not stop.is_set():
-        samples = 8000 * np.sin(2 * np.pi * hz * (t + n * 0.02))
-        rtp = HEADER.pack(0x80, 0, (seq + n) & 0xFFFF, (n * 160) & 0xFFFFFFFF, ssrc)
-        sock.transport.sendto(rtp + encode_ulaw(samples.astype(np.int16)), dest)
-        n += 1
-        await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
-
-
 @pytest.mark.peers
 async def test_callee_reinvite_hold_and_move_options_info(sipp_trunk, make_lab, rtp_socket) -> None:
     agent_media, callee1, callee2 = await rtp_socket(), await rtp_socket(), await rtp_socket()

@@ -14,9 +14,7 @@ import pytest
 
 from tests.fixtures.lab import ended, wait_state
 from tests.fixtures.process import wait_until
-from tests.peers.test_call_edges import cseq_of, header, make_lab, rtp_socket, sipp_done, sipp_trunk
-
-__all__ = ["make_lab", "rtp_socket", "sipp_trunk"]  # fixtures, used by name below
+from tests.fixtures.sipp_trunk import cseq_of, header, sipp_done
 
 EXPECTED = {
     "1 REFER": 405,

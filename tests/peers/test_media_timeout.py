@@ -3,8 +3,9 @@
 Issue 12, points 4 and 5: the agent's ringback stops at the callee's 200 OK (not at the
 callee's first packet, which here never comes), and the call ends after ``rtp_timeout``
 of callee silence with cause 41 naming the callee leg, although the agent talks all along
-(the RTP timeout is per leg). The SIPp fixtures and RTP helpers are those of
-``test_call_edges.py``; only the service here has a short ``rtp_timeout``.
+(the RTP timeout is per leg). The SIPp fixtures (``tests/peers/conftest.py``) and RTP
+helpers (:mod:`tests.fixtures.sipp_trunk`) are those of ``test_call_edges.py``; only the
+service here has a short ``rtp_timeout``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import jsonschema
@@ -20,14 +20,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from sipdialer.config import parse_config
-from sipdialer.engine.cdr import MemorySink
-from sipdialer.service import Service
-from tests.fixtures import ports
 from tests.fixtures.lab import ended, peak_hz, wait_state
-from tests.peers import test_call_edges
-from tests.peers.test_call_edges import (
-    Lab,
+from tests.fixtures.sipp_trunk import (
     RtpSocket,
     audio_of,
     header,
@@ -37,10 +31,6 @@ from tests.peers.test_call_edges import (
     watch,
 )
 
-# test_call_edges' fixtures, requested by name below
-sipp_trunk = test_call_edges.sipp_trunk
-rtp_socket = test_call_edges.rtp_socket
-
 RTP_TIMEOUT = 3.0
 AGENT_HZ = 1000.0
 CDR_SCHEMA = json.loads(
@@ -48,56 +38,14 @@ CDR_SCHEMA = json.loads(
 )
 
 
-@pytest.fixture
-async def make_timeout_lab(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
-    """Factory ``await make_timeout_lab(trunk_port)``: the service, ``rtp_timeout`` 3 s."""
-    started: list[Service] = []
-    reserved: list[int] = []
-
-    async def make(trunk_port: int) -> Lab:
-        port = ports.free_port("both")
-        rtp = ports.free_port_range(20, "udp")
-        reserved.extend([port, *range(rtp, rtp + 20)])
-        sink = MemorySink()
-        config = parse_config(
-            f"""
-[trunk]
-registrar = 127.0.0.1:{trunk_port}
-domain = trunk.test
-register = no
-[sip]
-listen = 127.0.0.1:{port}
-rtp_ports = {rtp}-{rtp + 19}
-t1 = 0.5
-[calls]
-agent_ring_timeout = 5
-callee_ring_timeout = 10
-rtp_timeout = {RTP_TIMEOUT}
-[recording]
-directory = {tmp_path / "recordings"}
-"""
-        )
-        service = Service(config, sink=sink, serve_http=False)
-        await service.start()
-        started.append(service)
-        return Lab(service, sink)
-
-    yield make
-    for service in started:
-        await service.stop()
-    ports.release(reserved)
-
-
 @pytest.mark.peers
-async def test_a_callee_that_answers_and_never_sends_rtp(
-    sipp_trunk, make_timeout_lab, rtp_socket
-) -> None:
+async def test_a_callee_that_answers_and_never_sends_rtp(sipp_trunk, make_lab, rtp_socket) -> None:
     agent_media: RtpSocket = await rtp_socket()
     callee_media: RtpSocket = await rtp_socket()  # the callee's media port: never sends
     trunk = sipp_trunk(
         "callee_answers_silent.xml", agent_rtp=agent_media.port, callee_rtp=callee_media.port
     )
-    lab = await make_timeout_lab(trunk.port)
+    lab = await make_lab(trunk.port, rtp_timeout=RTP_TIMEOUT)
     runner = await lab.call()
     seen: dict[str, float] = {}
     watcher = asyncio.ensure_future(watch(runner, seen))

@@ -5,8 +5,10 @@ the service listens on IPv4, multicast), must end the call at once — ACK, BYE 
 ``Reason: Q.850;cause=88``, CDR FAILED/88 — with no traceback in the log. With the
 service listening on ``[::1]`` the same call over IPv6 is bridged both ways and recorded.
 
-The SIPp trunk and its helpers are those of ``test_call_edges.py`` (``register = no``;
-the scenarios branch on the Request-URI: ``sip:1000@`` is the agent's leg).
+The SIPp trunk, the service and their helpers are those of ``test_call_edges.py``
+(fixtures in ``tests/peers/conftest.py``, helpers in :mod:`tests.fixtures.sipp_trunk`;
+``register = no``; the scenarios branch on the Request-URI: ``sip:1000@`` is the agent's
+leg).
 """
 
 from __future__ import annotations
@@ -14,159 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import soundfile
 
-from sipdialer.config import parse_config
-from sipdialer.engine.cdr import MemorySink
-from sipdialer.engine.dialer import CallRequest, CallRunner
-from sipdialer.rtp.g711 import decode_ulaw, encode_ulaw
-from sipdialer.rtp.packet import HEADER
-from sipdialer.service import Service
-from tests.fixtures import ports
+from sipdialer.rtp.g711 import decode_ulaw
 from tests.fixtures.lab import ended, peak_hz, wait_state
-from tests.fixtures.process import wait_until
-from tests.fixtures.require import require_binary
-from tests.fixtures.sipp import start_sipp
-from tests.peers.test_call_edges import SCENARIOS, SippTrunk, header, sipp_workdir
-
-if TYPE_CHECKING:
-    from tests.conftest import PeerStack
+from tests.fixtures.sipp_trunk import header, send_tone
 
 pytestmark = pytest.mark.peers
-
-AGENT, CALLEE, OUTBOUND = "1000", "0820001234", "0123456789"
-
-
-@pytest.fixture
-def sipp_trunk(tmp_path: Path, peer_stack: PeerStack) -> Callable[..., SippTrunk]:
-    """Factory ``sipp_trunk(scenario, host, **keys)``: a started SIPp UAS (``-m 2``) on
-    ``host`` (``127.0.0.1`` or ``::1``) playing the trunk; ``keys`` become ``-key``."""
-    require_binary("sipp")
-
-    def start(scenario: str, host: str = "127.0.0.1", **keys: object) -> SippTrunk:
-        port = ports.free_port("both")
-        media = ports.free_port_range(4, "udp")
-        workdir = sipp_workdir(tmp_path)
-        args: list[object] = [
-            *("-sf", SCENARIOS / scenario),
-            *("-i", host, "-p", port, "-t", "u1"),
-            *("-mi", host, "-mp", media),
-            *("-m", 2, "-recv_timeout", 15000, "-timeout", "40s", "-timeout_error"),
-            *("-trace_msg", "-message_file", workdir / "messages.log"),
-            *("-trace_err", "-error_file", workdir / "errors.log"),
-        ]
-        for key, value in keys.items():
-            args += ["-key", key, value]
-        proc = start_sipp([str(a) for a in args], workdir / "sipp.out", cwd=workdir)
-        trunk = SippTrunk(proc, port, workdir, [port, *range(media, media + 4)])
-        peer_stack.add(f"sipp trunk :{port}", trunk)
-        if not wait_until(lambda: (workdir / "sipp.out").exists() and proc.running(), 5):
-            pytest.fail(f"sipp did not start:\n{trunk.log_tail()}", pytrace=False)
-        return trunk
-
-    return start
-
-
-@pytest.fixture
-async def make_service(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """Factory ``await make_service(trunk_port, host)``: the service listening on ``host``
-    (SIP and RTP), its trunk a SIPp UAS on the same host."""
-    started: list[Service] = []
-    reserved: list[int] = []
-
-    async def make(trunk_port: int, host: str = "127.0.0.1") -> Service:
-        port = ports.free_port("both")
-        rtp = ports.free_port_range(20, "udp")
-        reserved.extend([port, *range(rtp, rtp + 20)])
-        literal = f"[{host}]" if ":" in host else host
-        config = parse_config(
-            f"""
-[trunk]
-registrar = {literal}:{trunk_port}
-domain = trunk.test
-register = no
-[sip]
-listen = {literal}:{port}
-rtp_ports = {rtp}-{rtp + 19}
-t1 = 0.5
-[calls]
-agent_ring_timeout = 5
-callee_ring_timeout = 10
-[recording]
-directory = {tmp_path / "recordings"}
-"""
-        )
-        service = Service(config, sink=MemorySink(), serve_http=False)
-        await service.start()
-        started.append(service)
-        return service
-
-    yield make
-    for service in started:
-        await service.stop()
-    ports.release(reserved)
-
-
-@dataclass
-class RtpSocket(asyncio.DatagramProtocol):
-    """A UDP socket of this test standing in for a phone's media port."""
-
-    packets: list[tuple[float, bytes]] = field(default_factory=list)
-    transport: asyncio.DatagramTransport | None = None
-    port: int = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.port = transport.get_extra_info("sockname")[1]
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.packets.append((time.monotonic(), data))
-
-
-@pytest.fixture
-async def rtp_socket() -> AsyncIterator[Callable[..., Any]]:
-    """Factory ``await rtp_socket(host)`` → a bound :class:`RtpSocket` (closed at the end)."""
-    made: list[RtpSocket] = []
-
-    async def make(host: str = "127.0.0.1") -> RtpSocket:
-        loop = asyncio.get_running_loop()
-        _, sock = await loop.create_datagram_endpoint(RtpSocket, local_addr=(host, 0))
-        made.append(sock)
-        return sock
-
-    yield make
-    for sock in made:
-        if sock.transport is not None:
-            sock.transport.close()
-
-
-async def call(service: Service) -> CallRunner:
-    assert service.dialer is not None
-    return await service.dialer.originate(
-        CallRequest(agent=AGENT, callee=CALLEE, outbound_id=OUTBOUND, call_ref="sdp-1")
-    )
-
-
-async def send_tone(
-    sock: RtpSocket, dest: Callable[[], Any], hz: float, stop: asyncio.Event
-) -> None:
-    """A PCMU tone in 20 ms RTP packets from ``sock`` to ``dest()`` until ``stop``."""
-    assert sock.transport is not None
-    t = np.arange(160) / 8000
-    n, start = 0, time.monotonic()
-    while not stop.is_set():
-        samples = (8000 * np.sin(2 * np.pi * hz * (t + n * 0.02))).astype(np.int16)
-        rtp = HEADER.pack(0x80, 0, (500 + n) & 0xFFFF, (n * 160) & 0xFFFFFFFF, 0x5EED0000 + hz)
-        sock.transport.sendto(rtp + encode_ulaw(samples), dest())
-        n += 1
-        await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
 
 
 def tone(packets: list[bytes]) -> tuple[float, float]:
@@ -186,7 +46,7 @@ def tone(packets: list[bytes]) -> tuple[float, float]:
     ],
 )
 async def test_unusable_answer_ends_the_call_at_once(
-    sipp_trunk, make_service, rtp_socket, addrtype: str, address: str, caplog
+    sipp_trunk, make_lab, rtp_socket, addrtype: str, address: str, caplog
 ) -> None:
     caplog.set_level(logging.DEBUG)
     agent_media = await rtp_socket()
@@ -197,9 +57,9 @@ async def test_unusable_answer_ends_the_call_at_once(
         callee_address=address,
         callee_rtp=4000,
     )
-    service = await make_service(trunk.port)
+    lab = await make_lab(trunk.port)
     started = time.monotonic()
-    runner = await call(service)
+    runner = await lab.call()
     await wait_state(runner, "callee_ringing")
     p = (await ended(runner, timeout=8.0)).cdr_payload()
     elapsed = time.monotonic() - started
@@ -227,16 +87,15 @@ async def test_unusable_answer_ends_the_call_at_once(
 
 
 # ---- IPv6 when the service listens on IPv6 -------------------------------------------------
-async def test_ipv6_media_is_bridged_and_recorded(
-    sipp_trunk, make_service, rtp_socket, caplog
-) -> None:
+async def test_ipv6_media_is_bridged_and_recorded(sipp_trunk, make_lab, rtp_socket, caplog) -> None:
     caplog.set_level(logging.INFO)
     agent_media, callee_media = await rtp_socket("::1"), await rtp_socket("::1")
     trunk = sipp_trunk(
         "answer_then_bye.xml", "::1", agent_rtp=agent_media.port, callee_rtp=callee_media.port
     )
-    service = await make_service(trunk.port, "::1")
-    runner = await call(service)
+    lab = await make_lab(trunk.port, host="::1")
+    service = lab.service
+    runner = await lab.call()
     assert runner.bridge is not None
     bridge = runner.bridge
     stop = asyncio.Event()

@@ -1,13 +1,22 @@
 """The recorder behind a real relay: loopback RTP through a :class:`Bridge`, flushed by the
 bridge's own timer. Its WAV is bounded by time, not by what a callee sends (issue 11
 point 2), and each channel stays within 40 ms of the wall clock under a fast clock and
-after a 300 ms burst (issue 12 point 6), measured from markers in the WAV.
+after a 300 ms burst (issue 12 point 6), measured from markers in the WAV. A write that
+blocks (a FIFO nobody reads) does not stall the relay (issue 14 point 2).
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import contextlib
+import errno
+import fcntl
+import os
 import random
+import select
+import termios
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -253,3 +262,96 @@ async def test_fast_clock_and_burst_stay_within_40_ms_of_the_wall_clock(tmp_path
     assert max(worst.values()) <= 40, worst
     # and the file ends with the call
     assert abs(len(data) / rate - (end - t0)) <= 0.05, (len(data) / rate, end - t0)
+
+
+# -- a disk that blocks -----------------------------------------------------------------------
+
+
+class PipeDrain:
+    """The reading end of a FIFO the recorder writes to, shrunk to one page so that the
+    recorder's first flush blocks in ``write``. A thread drains it once ``release`` is set
+    or after ``limit`` seconds of a full pipe (so that a recorder that blocks the event
+    loop makes the test fail instead of hang)."""
+
+    def __init__(self, fifo: Path, limit: float = 5.0) -> None:
+        self.fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, 4096)
+        self.size = fcntl.fcntl(self.fd, fcntl.F_GETPIPE_SZ)
+        self.limit = limit
+        self.release = threading.Event()
+        self.drained = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def blocked(self) -> bool:
+        """More than the header is in the pipe: a flush's block (larger than the pipe)
+        is being written, and cannot be done before the pipe is drained."""
+        return self.queued() > 44
+
+    def queued(self) -> int:
+        buf = array.array("i", [0])
+        fcntl.ioctl(self.fd, termios.FIONREAD, buf)
+        return buf[0]
+
+    def _run(self) -> None:
+        while not self.blocked() and not self.stop.wait(0.01):
+            pass
+        self.release.wait(self.limit)
+        self.drained.set()
+        while not self.stop.is_set():
+            select.select([self.fd], [], [], 0.05)
+            with contextlib.suppress(BlockingIOError):
+                if os.read(self.fd, 65536) == b"":
+                    return  # the recorder closed its end
+
+    def close(self) -> None:
+        self.stop.set()
+        self.release.set()
+        self.thread.join()
+        os.close(self.fd)
+
+
+async def test_a_blocked_disk_write_does_not_stall_the_relay(tmp_path: Path) -> None:
+    """The recording's file is a FIFO nobody reads: the bridge's first flush blocks in
+    ``write``. While it is blocked the relay still forwards packets both ways (the
+    write runs off the event loop); once the write is let go, its header patch fails
+    (a FIFO cannot seek) and the recording stops as partial while the call goes on.
+    Before: the flush wrote on the loop, so nothing was relayed until the write was
+    let go (the pipe is drained after 5 s by a thread, and the test fails)."""
+    fifo = tmp_path / "blocked.wav"
+    os.mkfifo(fifo)
+    pipe = PipeDrain(fifo)
+    try:
+        async with recorded_bridge(fifo) as lab:
+            loop = asyncio.get_running_loop()
+            port_a, port_b = lab.bridge.a.local_port, lab.bridge.b.local_port
+            deadline = loop.time() + 10
+            while not pipe.blocked() and loop.time() < deadline:  # a flush began
+                lab.a.send(port_a, SILENCE)
+                lab.b.send(port_b, SILENCE)
+                await asyncio.sleep(0.02)
+            assert not pipe.drained.is_set(), "the loop stood still until the pipe was drained"
+            assert pipe.blocked() and lab.recorder.frames == 0
+            got_a, got_b = lab.a.received, lab.b.received
+            while (lab.a.received == got_a or lab.b.received == got_b) and loop.time() < deadline:
+                lab.a.send(port_a, SILENCE)
+                lab.b.send(port_b, SILENCE)
+                await asyncio.sleep(0.02)
+            # relayed both ways while the recorder's write was still blocked
+            assert lab.a.received > got_a and lab.b.received > got_b
+            assert not pipe.drained.is_set() and lab.recorder.frames == 0
+            pipe.release.set()
+            while lab.bridge.recording_error is None and loop.time() < deadline + 5:
+                await asyncio.sleep(0.05)
+            error = lab.bridge.recording_error
+            assert isinstance(error, OSError) and error.errno == errno.ESPIPE, error
+            assert lab.recorder.partial and lab.recorder.closed
+            got = lab.b.received
+            lab.a.send(port_a, SILENCE)
+            while lab.b.received == got and loop.time() < deadline + 8:
+                await asyncio.sleep(0.01)
+            assert lab.b.received > got  # the call goes on
+    finally:
+        pipe.close()
+    assert lab.recorder.finished and lab.recorder.partial  # its file closed by close()

@@ -17,7 +17,14 @@ import pytest
 from sipdialer.aio.useragent import UserAgent
 from sipdialer.engine.causes import SESSION_EXPIRED_REASON
 from sipdialer.engine.errors import EngineError
-from sipdialer.engine.leg import Leg, LegInput, LegState, LegStateError, LegTarget
+from sipdialer.engine.leg import (
+    MAX_EARLY_DIALOGS,
+    Leg,
+    LegInput,
+    LegState,
+    LegStateError,
+    LegTarget,
+)
 from sipdialer.sip.events import (
     Event,
     RequestReceived,
@@ -586,6 +593,27 @@ def test_a_reliable_provisional_is_pracked_once_per_rseq_and_cseq_stays_ordered(
     rig.leg.hangup("Q.850;cause=16")
     bye = rig._last("BYE")[0].request
     assert bye.cseq() == (invite_seq + 3, "BYE")  # after both PRACKs
+
+
+def test_early_dialogs_are_capped_and_further_forks_are_only_progress() -> None:
+    """A trunk forking to many phones, each sending a reliable 183 with its own to-tag:
+    the leg keeps (and PRACKs in) at most MAX_EARLY_DIALOGS of them; later new tags are
+    still progress but neither PRACKed nor kept, logged once. Before: one dialog and one
+    RSeq entry per tag, without bound."""
+    rig = rig_in(S.CALLING)
+    for i in range(MAX_EARLY_DIALOGS):
+        rig.respond(183, tag=f"fork-{i}", extra=reliable(1))
+        assert rig.take_effects() == ["PRACK", "~leg_prack", "progress"]
+    rig.respond(183, tag="fork-extra", extra=reliable(1))
+    assert rig.take_effects() == ["~leg_early_dialogs_capped", "progress"]
+    for i in range(40):
+        rig.respond(183, tag=f"fork-more-{i}", extra=reliable(1))
+        assert rig.take_effects() == ["progress"]
+    assert len(rig.leg._early) == len(rig.leg._rseq) == MAX_EARLY_DIALOGS
+    rig.respond(180, tag="fork-3", extra=reliable(2))  # a kept fork still gets its PRACK
+    assert rig.take_effects() == ["PRACK", "~leg_prack", "progress"]
+    rig.respond(200, tag="fork-more-7")  # a fork beyond the cap can still answer
+    assert rig.leg.state is S.CONFIRMED
 
 
 def test_a_plain_provisional_is_not_pracked() -> None:

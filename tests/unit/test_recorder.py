@@ -1,5 +1,6 @@
 """The stereo WAV recorder: the wall-clock timeline (gaps, excess, oversize, bounded memory),
-crash safety, repair, and disk faults (header always true, no empty files).
+crash safety, repair, and disk faults (header always true, no empty files); the same
+through the writer thread (``flush_async`` / ``close_async``), and a write that stalls.
 
 The recorder needs no event loop: tests feed payloads with explicit arrival times and
 call ``flush(now)`` / ``close(now)`` the way the bridge's timer does.
@@ -7,11 +8,15 @@ call ``flush(now)`` / ``close(now)`` the way the bridge's timer does.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import random
 import re
+import select
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from sipdialer.rtp.recorder import (
     PENDING_BYTES,
     PENDING_PACKETS,
     TOLERANCE,
+    WRITE_STALL,
     Recorder,
     RecordingsDisk,
     describe_os_error,
@@ -504,3 +510,59 @@ def test_recordings_disk_is_one_per_directory_and_errors_name_no_path(tmp_path: 
     assert recordings_disk(tmp_path / "rec") is not recordings_disk(tmp_path)
     exc = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "rec" / "x.wav"))
     assert describe_os_error(exc) == "ENOSPC: No space left on device"
+
+
+# ---- off the event loop (flush_async / close_async) -----------------------------------------
+
+
+def test_flush_async_writes_on_the_writer_thread_and_close_async_finishes_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "async.wav"
+    rec = Recorder(path, now=T0)
+    feed(rec, "a", packets(tone(440, 3.0)))
+    feed(rec, "b", packets(tone(1000, 3.0)))
+    for s in (1.0, 2.0, 3.0):
+        rec.flush_async(T0 + s)
+        deadline = 0
+        while rec._in_flight_since is not None and deadline < 2000:  # until the block landed
+            threading.Event().wait(0.005)
+            deadline += 1
+    done = rec.close_async(T0 + 3.03)
+    assert rec.closed and rec.close_async() is done  # idempotent
+    done.result(timeout=10)
+    assert rec.finished and not rec.partial and not rec.removed
+    assert check_header(path) == rec.frames == round(3.03 * 8000)
+
+
+def test_a_write_stalled_past_write_stall_stops_the_recording_as_partial(tmp_path: Path) -> None:
+    """The file is a FIFO nobody reads: the first block's write blocks. Later flushes
+    prepare nothing while it is in flight; once it has been for WRITE_STALL seconds the
+    recording stops (ETIMEDOUT, partial) and its close waits for the stuck write only."""
+    fifo = tmp_path / "stuck.wav"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
+        disk = RecordingsDisk()
+        rec = Recorder(fifo, now=T0, disk=disk)
+        feed(rec, "a", packets(tone(440, 1.0)))
+        rec.flush_async(T0 + 1.0)  # 7,680 frames: more than the pipe holds
+        assert rec._in_flight_since == T0 + 1.0
+        feed(rec, "a", packets(tone(440, 1.0)), start=1.0)
+        rec.flush_async(T0 + 2.0)  # still in flight: nothing prepared, the audio waits
+        assert rec.a.payloads.nbytes == 8000 and rec.frames == 0
+        with pytest.raises(OSError) as raised:
+            rec.flush_async(T0 + 1.0 + WRITE_STALL)
+        assert raised.value.errno == errno.ETIMEDOUT
+        assert rec.partial and disk.failing and disk.partial_recordings == 1
+        done = rec.close_async(T0 + 7.0)
+        assert not done.done()  # behind the stuck write
+        while not done.done():  # let the write go: drain the pipe
+            select.select([reader], [], [], 0.05)
+            with contextlib.suppress(BlockingIOError):
+                os.read(reader, 65536)
+        done.result()  # nothing more was written after the stall
+        assert rec.finished and rec.partial and rec.error is not None
+    finally:
+        os.close(reader)
