@@ -213,7 +213,7 @@ async def _serve(config_path: str) -> int:
 
     config = load_config(config_path)
     configure_logging(config.log.level)
-    notifier = Notifier(config.redis, config.redis.outbox)
+    notifier = Notifier(config.redis, config.redis.outbox, background=True)
     service = Service(config, sink=notifier)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from a foreign source (the latch refused them: RTP sprayed at the relay's ports)
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from prometheus_client import Histogram
 
@@ -47,12 +48,12 @@ class CallCounters:
             registry=None,
         )
 
-    def submit(self, cdr: Cdr) -> None:
+    def submit(self, cdr: Cdr, on_durable: Callable[[], None] | None = None) -> None:
         self.by_disposition[cdr.outcome.disposition] += 1
         record = cdr.record
         if record.bridged_at is not None:
             self.setup_seconds.observe(max(record.bridged_at - record.created_at, 0.0))
-        self.inner.submit(cdr)
+        self.inner.submit(cdr, on_durable)
 
 
 #: The relay counters of one leg that are summed, by name.

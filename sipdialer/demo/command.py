@@ -400,7 +400,7 @@ class Demo:
                 log_level="INFO" if opts.verbose else "WARNING",
             )
             if self.notifier is None:
-                self.notifier = Notifier(config.redis, config.redis.outbox)
+                self.notifier = Notifier(config.redis, config.redis.outbox, background=True)
                 await self.notifier.start()
             service = Service(config, sink=self.notifier)
             try:

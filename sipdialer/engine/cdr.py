@@ -62,6 +62,7 @@ import copy
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -231,8 +232,11 @@ def build_cdr(record: CallRecord, outcome: Outcome, *, public_url: str) -> Cdr:
 class CdrSink(Protocol):
     """Where the call engine hands a finished call's CDR."""
 
-    def submit(self, cdr: Cdr) -> None:
-        """Take ``cdr``; must neither block nor raise into the call engine."""
+    def submit(self, cdr: Cdr, on_durable: Callable[[], None] | None = None) -> None:
+        """Take ``cdr``; must neither block nor raise into the call engine. Calls
+        ``on_durable`` once the CDR can no longer be lost (at once for a sink that keeps
+        nothing; on the engine's event loop), never if it could not be kept: the engine
+        forgets the call's journal entry only then."""
         ...
 
 
@@ -245,10 +249,12 @@ class MemorySink:
         self.cdrs: list[Cdr] = []
         self._cond = threading.Condition()
 
-    def submit(self, cdr: Cdr) -> None:
+    def submit(self, cdr: Cdr, on_durable: Callable[[], None] | None = None) -> None:
         with self._cond:
             self.cdrs.append(cdr)
             self._cond.notify_all()
+        if on_durable is not None:
+            on_durable()
 
     def get(self, call_id: str) -> Cdr | None:
         """The CDR of ``call_id`` if it has been submitted (the last one, if several)."""

@@ -359,13 +359,17 @@ class CallRunner:
             self.cdr.call_time,
             self.record.recording_ref or "-",
         )
+        journal = self.dialer.journal
+        call_id = self.id
+
+        def durable() -> None:  # the CDR is safe: a crash can no longer need the journal
+            if journal is not None:
+                journal.forget(call_id)
+
         try:
-            self.dialer.sink.submit(self.cdr)
+            self.dialer.sink.submit(self.cdr, durable)
         except Exception:  # the sink must never take the engine down
             log.exception("event=cdr_sink_failed call=%s", self._tag)
-        else:
-            if self.dialer.journal is not None:
-                self.dialer.journal.forget(self.id)
         self.done.set()
         self.dialer._ended(self)
 

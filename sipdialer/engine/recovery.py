@@ -498,10 +498,11 @@ class CallRecovery:
             cdr.record.recording_ref or "-",
             call.record.call_ref or "-",
         )
+        journal, call_id = self.journal, call.id
         try:
-            self.sink.submit(cdr)
+            # the journal file goes once the CDR is safe; until then the next start
+            # would end the call again (a sink that fails: the next start tries again)
+            self.sink.submit(cdr, lambda: journal.forget(call_id))
         except Exception:  # the sink must never stop the start-up
             log.exception("event=cdr_sink_failed call=%s", tag)
-            return cdr  # keep the journal file: the next start tries again
-        self.journal.forget(call.id)
         return cdr

@@ -55,7 +55,7 @@ class Lab:
 
     async def boot(self) -> None:
         """Start a fresh notifier (replaying the outbox) and a fresh service using it."""
-        self.notifier = Notifier(self.config.redis, self.outbox, **FAST_RETRY)
+        self.notifier = Notifier(self.config.redis, self.outbox, background=True, **FAST_RETRY)
         await self.notifier.start()
         self.service = Service(self.config, sink=self.notifier, serve_http=False)
         await self.service.start()

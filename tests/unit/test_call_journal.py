@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -304,6 +305,11 @@ def test_in_the_background_the_newest_state_reaches_the_disk_off_the_callers_thr
     fifo = tmp_path / f".{CALL_ID}.call.tmp"
     os.mkfifo(fifo)
     assert journal.record(dataclasses.replace(call, state="agent_ringing")) is True
+    for _ in range(500):  # the thread took that state and is stuck opening the FIFO
+        if journal._busy:
+            break
+        time.sleep(0.01)
+    assert journal._busy
     for state in ("callee_ringing", "bridged"):
         assert journal.record(dataclasses.replace(call, state=state)) is True
     assert journal.flush(timeout=0.2) is False  # still blocked on the FIFO

@@ -337,7 +337,7 @@ async def test_a_late_2xx_to_the_cancelled_invite_is_acked_and_byed(tmp_path: Pa
 
 async def test_a_sink_that_fails_keeps_the_journal_for_the_next_start(tmp_path: Path) -> None:
     class BrokenSink:
-        def submit(self, cdr: Cdr) -> None:
+        def submit(self, cdr: Cdr, on_durable: object = None) -> None:
             raise RuntimeError("sink down")
 
     ua, _ = sans_io_user_agent()
