@@ -5,9 +5,13 @@ libsrtp profile and the per-direction contexts the relay needs: :class:`SrtpRece
 checks and decrypts what a peer sends (any SSRC: a peer may change it, libsrtp keeps a
 replay window and rollover counter per SSRC), :class:`SrtpSender` encrypts what we send
 with our own key. A packet that fails authentication or the replay check is dropped and
-counted (``forged``, ``replayed``), never raised into the hot path. The cipher is
-libsrtp's, not ours (a maintained, audited implementation; pylibsrtp is the binding
-aiortc uses). Keys are held here and nowhere else in the relay; nothing here logs them.
+counted (``forged``, ``replayed``), never raised into the hot path; after a re-key the
+replaced inbound key overlaps briefly (:data:`KEY_OVERLAP`). A packet the sender refuses
+(an index sent twice: keystream reuse) raises :class:`SrtpProtectError`, an ``OSError``
+the relay drops like a failed send. The cipher is libsrtp's, not ours (a maintained,
+audited implementation; pylibsrtp is the binding aiortc uses). Keys travel as
+:class:`SrtpKey` (the relay's input, from SDP) and are held in these contexts; neither
+shows them in ``repr``/``str`` and nothing here logs them.
 """
 
 from __future__ import annotations
