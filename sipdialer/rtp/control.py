@@ -118,6 +118,7 @@ _TEXT_MAX = 1000
 _PATH_MAX = 4096
 _HOST_MAX = 64
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_KEY_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
 _HEADER = struct.Struct(">I")
 
 Leg: TypeAlias = Literal["A", "B"]
@@ -183,8 +184,8 @@ def _object(v: Any, path: str, required: tuple[str, ...], optional: tuple[str, .
         raise ControlError(path or "message", f"must be an object, not {_kind(v)}")
     for k in v:
         if k not in required and k not in optional:
-            name = k if isinstance(k, str) else repr(k)
-            raise ControlError(_join(path, name[:64]), "unexpected field")
+            name = k if _KEY_RE.fullmatch(k) else repr(k[:64])
+            raise ControlError(_join(path, name), "unexpected field")
     for k in required:
         if k not in v:
             raise ControlError(_join(path, k), "missing")

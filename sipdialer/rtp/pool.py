@@ -587,8 +587,11 @@ class _Worker:
 
     async def stop(self, timeout: float) -> None:
         """Close the channel, wait for the process (kill it after ``timeout``)."""
-        if self.writer is not None:
-            self.writer.close()
+        w = self.writer
+        if w is not None and not w.is_closing():
+            # half-close: the worker sees EOF, and its last words (Closed) still arrive
+            with contextlib.suppress(OSError, RuntimeError):
+                w.write_eof()
         proc = self.proc
         if proc is not None and proc.returncode is None:
             try:
@@ -603,6 +606,8 @@ class _Worker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if w is not None:
+            w.close()
 
 
 class MediaPool:
