@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import ipaddress
 import logging
@@ -80,7 +81,7 @@ import numpy.typing as npt
 from sipdialer.rtp import control as c
 from sipdialer.rtp.errors import RtpError
 from sipdialer.rtp.ports import PortsExhausted
-from sipdialer.rtp.recorder import repair_wav
+from sipdialer.rtp.recorder import recordings_disk, repair_wav
 from sipdialer.rtp.relay import Codec, MediaAddressError
 
 __all__ = [
@@ -206,6 +207,25 @@ def media_address(addr: tuple[str, int], family: int, dual_stack: bool) -> Addr 
 
 def _open_request(req: int, *, bid: int, host: str) -> c.Request:
     return c.OpenBridge(req, bid, host)
+
+
+def _os_error(text: str) -> OSError:
+    """An error text from a worker (``ENOSPC: No space left on device``) as an OSError."""
+    name, _, message = text.partition(": ")
+    code = getattr(errno, name, None) if name.isupper() else None
+    return OSError(code, message) if isinstance(code, int) else OSError(text)
+
+
+def _note_disk(path: Path | None, error: str | None, *, partial: bool) -> None:
+    """Tell the engine's :class:`~sipdialer.rtp.recorder.RecordingsDisk` of ``path``'s
+    directory (what ``/healthz`` reports) how a worker's recording went."""
+    if path is None:
+        return
+    disk = recordings_disk(path.parent)
+    if error is None:
+        disk.note_write()
+    else:
+        disk.note_failure(_os_error(error), partial=partial)
 
 
 def _dual_stack(host: str) -> bool:
@@ -363,7 +383,11 @@ class RemoteBridge:
         directory is created by the worker). :class:`RecordingUnavailable` (an OSError)
         when the worker cannot create it."""
         p = Path(path).absolute()
-        await self._ask(lambda req: c.StartRecording(req, self.id, str(p)), c.Done)
+        try:
+            await self._ask(lambda req: c.StartRecording(req, self.id, str(p)), c.Done)
+        except RecordingUnavailable as exc:
+            _note_disk(p, str(exc), partial=True)
+            raise
         self.recording_path = p
 
     def stop_recording(self) -> None:
@@ -415,7 +439,19 @@ class RemoteBridge:
         self.b._apply(s.b, now, current)
         if current:
             self.playing = s.playing
+        if s.recording_error is not None and self.recording_error is None:
+            _note_disk(self.recording_path, s.recording_error, partial=True)
         self.recording_error = s.recording_error
+
+    def _finished(self, final: c.BridgeStats, rec: c.RecordingResult | None) -> None:
+        # a recording error in the stats is noted by _apply (once)
+        noted = self.recording_error is not None or final.recording_error is not None
+        self._apply(final)
+        self.recording = rec
+        if rec is not None:
+            if not noted:
+                _note_disk(Path(rec.path), rec.error, partial=rec.partial)
+            self.recording_error = rec.error
 
     def _lose(self, reason: str) -> None:
         if self.lost.done() or self._closed:
@@ -547,10 +583,7 @@ class _Worker:
         elif isinstance(ev, c.Closed):
             b = self.bridges.pop(ev.stats.bridge, None)
             if b is not None:
-                b._apply(ev.stats)
-                b.recording = ev.recording
-                if ev.recording is not None:
-                    b.recording_error = ev.recording.error
+                b._finished(ev.stats, ev.recording)
         elif isinstance(ev, c.Failed) and (ev.req is None or ev.req not in self.pending):
             log.warning(
                 "event=media_request_failed worker=%d bridge=%s kind=%s field=%s error=%s",

@@ -48,7 +48,7 @@ import numpy.typing as npt
 from sipdialer.rtp import control as c
 from sipdialer.rtp import srtp
 from sipdialer.rtp.ports import PortAllocator, PortsExhausted
-from sipdialer.rtp.recorder import Recorder
+from sipdialer.rtp.recorder import Recorder, describe_os_error
 from sipdialer.rtp.relay import Bridge, Codec, MediaAddressError, MediaLeg
 
 __all__ = ["STATS_BACKLOG", "Worker", "main"]
@@ -86,6 +86,10 @@ def leg_stats(leg: MediaLeg, now: float) -> c.LegStats:
 
 
 def _short(exc: BaseException) -> str:
+    """``exc`` for the wire: an OSError as ``ENOSPC: No space left on device`` (no file
+    name: a recording's path holds its unguessable reference), else its message."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return describe_os_error(exc)
     text = str(exc) or type(exc).__name__
     return text[:900]
 

@@ -38,6 +38,7 @@ from sipdialer.rtp.pool import (
     media_address,
 )
 from sipdialer.rtp.ports import PortAllocator
+from sipdialer.rtp.recorder import recordings_disk
 from sipdialer.rtp.relay import Codec, MediaAddressError, MediaLeg
 
 HOST = "127.0.0.1"
@@ -242,6 +243,9 @@ async def test_recording_is_written_by_the_worker(pool: MediaPool, tmp_path: Pat
     audio, rate = soundfile.read(path, dtype="int16")
     assert rate == 8000 and audio.shape[1] == 2 and len(audio) == rec.frames
     assert np.abs(audio[:, 0]).max() > 20000 and np.abs(audio[:, 1]).max() < 100
+    # the engine's health view of the directory heard of it
+    disk = recordings_disk(path.parent)
+    assert disk.last_write_at is not None and not disk.failing
     x.close()
 
 
@@ -250,6 +254,10 @@ async def test_recording_that_cannot_be_created(pool: MediaPool) -> None:
     with pytest.raises(RecordingUnavailable) as e:
         await x.bridge.start_recording("/proc/no/such/dir/call.wav")
     assert isinstance(e.value, OSError) and e.value.kind == "recording"
+    assert "/proc" not in str(e.value)  # no path (it holds the recording's reference)
+    disk = recordings_disk("/proc/no/such/dir")
+    assert disk.failing and disk.partial_recordings == 1 and disk.last_error
+    assert disk.last_error.startswith("E")  # an errno name, e.g. ENOENT
     await x.relays(1)  # the call goes on
     await x.bridge.close()
     assert x.bridge.recording is None

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipdialer.config import ConfigError, parse_config
 from sipdialer.rtp import control as c
 from sipdialer.rtp.pool import split_ports
 
@@ -398,3 +399,26 @@ def test_split_ports_refuses_too_small_a_range() -> None:
         split_ports(20000, 20006, 3)
     with pytest.raises(ValueError):
         split_ports(20000, 29999, 0)
+
+
+# ---- [media] workers ----------------------------------------------------------------------
+
+
+def test_media_workers_config() -> None:
+    assert parse_config("").media.workers == 0  # in-process relay until the pool is wired
+    assert parse_config("[media]\nworkers = 2\n").media.workers == 2
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "1.5", "65", ""])
+def test_media_workers_config_rejects(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[media\] workers"):
+        parse_config(f"[media]\nworkers = {value}\n")
+
+
+def test_media_workers_need_ports() -> None:
+    text = "[sip]\nrtp_ports = 20000-20007\n[media]\nworkers = {}\n"
+    assert parse_config(text.format(2)).media.workers == 2  # 4 even ports: 2 each
+    with pytest.raises(ConfigError, match=r"\[media\] workers: 3 workers"):
+        parse_config(text.format(3))
+    with pytest.raises(ConfigError, match=r"\[media\] x"):
+        parse_config("[media]\nx = 1\n")
