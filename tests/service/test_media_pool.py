@@ -37,7 +37,7 @@ from sipdialer.rtp.pool import (
     WorkerLost,
     media_address,
 )
-from sipdialer.rtp.ports import PortAllocator
+from sipdialer.rtp.ports import PortAllocator, PortsExhausted
 from sipdialer.rtp.recorder import recordings_disk
 from sipdialer.rtp.relay import Codec, MediaAddressError, MediaLeg
 
@@ -330,6 +330,57 @@ async def test_open_waits_for_no_dead_worker(pool: MediaPool) -> None:
     b = await pool.open()
     assert b.worker_pid != pid
     await b.close()
+
+
+# ---- ports and stale stats ----------------------------------------------------------------
+
+
+async def test_a_full_slice_sends_the_bridge_to_another_worker() -> None:
+    low = random.randrange(12000, 19000, 2)
+    pool = MediaPool(2, HOST, (low, low + 15))  # 8 even ports: 4 per worker, 2 bridges
+    busy: list[socket.socket] = []
+    try:
+        lo1, hi1 = pool.slices[1]
+        for port in range(lo1, hi1 + 1, 2):  # someone else holds worker 1's ports
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((HOST, port))
+            busy.append(s)
+        await pool.start()
+        first = await pool.open()
+        second = await pool.open()  # worker 1 is the least loaded, but has no port
+        assert first.worker_index == second.worker_index == 0
+        with pytest.raises(PortsExhausted):
+            await pool.open()
+        await first.close()
+        third = await pool.open()  # a port back in worker 0
+        assert third.worker_index == 0
+    finally:
+        await pool.close()
+        for s in busy:
+            s.close()
+
+
+async def test_stale_stats_do_not_undo_a_newer_request(pool: MediaPool) -> None:
+    x = await call(pool)
+    before = x.bridge.a.remote
+    other = await phone()
+    x.bridge.a.set_remote(other.addr, PCMU)  # sent; the worker may not have it yet
+    moved = x.bridge.a.remote
+    assert moved == other.addr and moved != before
+    # a stats frame the worker wrote before that request (one request fewer applied)
+    stale = c.BridgeStats(
+        x.bridge.id,
+        x.bridge._sent - 1,
+        c.LegStats(packets_in=9, remote=before),
+        c.LegStats(),
+    )
+    x.bridge._apply(stale)
+    assert x.bridge.a.remote == moved and x.bridge.a.packets_in == 9  # counters still taken
+    await x.bridge.refresh()  # a current one: the worker's view wins
+    assert x.bridge.a.remote == other.addr
+    other.close()
+    await x.bridge.close()
+    x.close()
 
 
 # ---- refused and invalid requests ---------------------------------------------------------
