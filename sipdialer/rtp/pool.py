@@ -45,10 +45,11 @@ Ringback: :meth:`RemoteBridge.play_to_a` takes the same int16 array as the Bridg
 tone name): the pool defines each distinct array once per worker (and again in a
 restarted one), then plays it by name.
 
-*Death.* EOF on a worker's channel or its exit (``kill -9``, a crash, an invalid frame)
-marks it dead: each of *its* bridges' :attr:`RemoteBridge.lost` future gets the reason
-(and ``on_lost(bridge, reason)`` is called) — the engine's cue to end those calls with
-cause 41; their recordings are left as the worker last flushed them, repaired with
+*Death.* EOF on a worker's channel, its exit (``kill -9``, a crash, an invalid frame)
+or more than ``max_backlog`` (:data:`MAX_BACKLOG`) bytes of requests it has not read
+(stopped, wedged) mark it dead: each of *its* bridges' :attr:`RemoteBridge.lost` future
+gets the reason (and ``on_lost(bridge, reason)`` is called) — the engine's cue to end
+those calls with cause 41; their recordings are left as the worker last flushed them, repaired with
 :func:`~sipdialer.rtp.recorder.repair_wav` and reported partial. Pending requests to it
 fail with :class:`WorkerLost`. The worker is started again (after
 :attr:`MediaPool.restart_delay`, doubling up to 10 s while it keeps dying within 5 s of
@@ -102,6 +103,9 @@ LostCallback = Callable[["RemoteBridge", str], None]
 _E = TypeVar("_E", bound=c.Event)
 
 _READ_SIZE = 1 << 16
+#: Bytes of requests waiting for a worker that does not read them: past this it is
+#: treated as dead (killed and restarted, its bridges lost).
+MAX_BACKLOG = 16 << 20
 _MAX_RESTART_DELAY = 10.0
 _QUICK_DEATH = 5.0
 
@@ -524,6 +528,9 @@ class _Worker:
         if w is None or w.is_closing() or self.dead:
             return
         w.write(c.encode(msg))
+        if w.transport.get_write_buffer_size() > self.pool.max_backlog:
+            # alive but not reading (stopped, wedged): its calls cannot be driven any more
+            self.pool._worker_gone(self, "it stopped reading its control channel")
 
     async def ask(self, make: Callable[[int], c.Request], want: type[_E]) -> _E:
         if self.dead:
@@ -559,7 +566,10 @@ class _Worker:
                             exc,
                         )
                         continue
-                    self._dispatch(ev)
+                    try:
+                        self._dispatch(ev)
+                    except Exception:  # a bug here must not stop this worker's reader
+                        log.exception("event=media_event_failed worker=%d", self.index)
         except c.ControlError as exc:  # framing: the stream cannot be trusted any more
             reason = f"its control channel broke ({exc})"
         except (ConnectionError, OSError) as exc:
@@ -659,6 +669,7 @@ class MediaPool:
         restart_delay: float = 0.2,
         start_timeout: float = 20.0,
         stop_timeout: float = 5.0,
+        max_backlog: int = MAX_BACKLOG,
         on_lost: LostCallback | None = None,
         python: str = sys.executable,
     ) -> None:
@@ -668,6 +679,7 @@ class MediaPool:
         self.restart_delay = restart_delay
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.max_backlog = max_backlog
         self.on_lost = on_lost
         self.python = python
         self.workers: list[_Worker | None] = [None] * workers

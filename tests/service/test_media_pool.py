@@ -321,6 +321,33 @@ async def test_kill_9_ends_only_that_workers_bridges(tmp_path: Path) -> None:
         await pool.close()
 
 
+async def test_a_worker_that_stops_reading_is_replaced() -> None:
+    """SIGSTOP: alive, not reading. Once its unread requests pass the backlog limit its
+    bridges are lost and it is killed and replaced."""
+    pool = MediaPool(2, HOST, port_range(), restart_delay=0.05, max_backlog=64 * 1024)
+    await pool.start()
+    try:
+        x = await call(pool)
+        pid = x.bridge.worker_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        for i in range(200_000):  # bounded: well past any socket buffer
+            if x.bridge.lost.done():
+                break
+            x.bridge.a.hold(i % 2 == 0)
+        reason = await asyncio.wait_for(x.bridge.lost, 10)
+        assert "stopped reading" in reason
+        await until(lambda: not alive(pid))  # killed (a stopped process still dies of -9)
+        await until(lambda: pool.info()[x.bridge.worker_index]["alive"])
+        y = await call(pool)
+        await y.relays(1)
+        await y.bridge.close()
+        x.close()
+        y.close()
+    finally:
+        await pool.close()
+
+
 async def test_open_waits_for_no_dead_worker(pool: MediaPool) -> None:
     """With one worker killed, new bridges go to the live one at once."""
     pid = pool.info()[0]["pid"]
