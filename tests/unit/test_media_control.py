@@ -422,3 +422,64 @@ def test_media_workers_need_ports() -> None:
         parse_config(text.format(3))
     with pytest.raises(ConfigError, match=r"\[media\] x"):
         parse_config("[media]\nx = 1\n")
+
+
+_TRICKY: list[Any] = [
+    -1,
+    0,
+    1,
+    2**63 - 1,
+    2**63,
+    0.0,
+    -0.0,
+    -1e-9,
+    1.5,
+    float("nan"),
+    float("inf"),
+    c._IDLE_MAX,
+    c._IDLE_MAX * 1.01,
+    True,
+    False,
+    None,
+    "",
+    "7",
+    [],
+    {},
+]
+_ADDRS: list[Any] = [
+    ["h", 0],
+    ["h", 65535],
+    ["h", 65536],
+    ["h", -1],
+    ["h", True],
+    ["h", 1.0],
+    ["", 1],
+    ["x" * 64, 1],
+    ["x" * 65, 1],
+    ["a\x00b", 1],
+    [5, 1],
+    ["h"],
+    ["h", 1, 2],
+    ("h", 1),
+]
+_VALID_LEG = [1, 2, 3, 4, 5, 0.5, ["h", 1], None]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_leg_stats_fast_path_agrees_with_the_checks(index: int) -> None:
+    """The fast path accepts exactly what the field-by-field checks accept: each field of
+    a valid leg replaced by each edge value."""
+
+    def outcome(parse: Any, v: list[Any]) -> object:
+        try:
+            return parse(v, "a")
+        except c.ControlError as exc:
+            return exc.field
+
+    for value in _TRICKY + _ADDRS:
+        v = list(_VALID_LEG)
+        v[index] = value
+        assert outcome(c.LegStats.from_wire, v) == outcome(c.LegStats._slow, v), (index, value)
+    for length in (7, 9):
+        v = (_VALID_LEG * 2)[:length]
+        assert outcome(c.LegStats.from_wire, v) == outcome(c.LegStats._slow, v)
