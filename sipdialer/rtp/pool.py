@@ -22,6 +22,10 @@ slice back (the kernel freed its sockets when it died). A slice that runs out ma
 pool try the other workers before raising
 :class:`~sipdialer.rtp.ports.PortsExhausted`.
 
+*Cores.* With ``pin_cpus`` worker ``i`` is pinned to the ``i``-th CPU the engine may
+use (so two workers never share a core while one sits idle); without, the kernel
+places them.
+
 *Placement.* A new bridge goes to the live worker with the fewest open bridges (the
 lowest index on a tie).
 
@@ -69,6 +73,7 @@ import errno
 import functools
 import ipaddress
 import logging
+import os
 import socket
 import sys
 import time
@@ -670,6 +675,7 @@ class MediaPool:
         start_timeout: float = 20.0,
         stop_timeout: float = 5.0,
         max_backlog: int = MAX_BACKLOG,
+        pin_cpus: bool = False,
         on_lost: LostCallback | None = None,
         python: str = sys.executable,
     ) -> None:
@@ -680,6 +686,9 @@ class MediaPool:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.max_backlog = max_backlog
+        #: With ``pin_cpus``, worker ``i`` runs on the ``i``-th CPU this process may use
+        #: (modulo their number); else the kernel places them.
+        self.cpus: list[int] | None = sorted(os.sched_getaffinity(0)) if pin_cpus else None
         self.on_lost = on_lost
         self.python = python
         self.workers: list[_Worker | None] = [None] * workers
@@ -715,6 +724,9 @@ class MediaPool:
             raise
         for name, data in self._tone_bytes.items():
             w.send(c.DefineTone(name, data))
+        if self.cpus is not None and w.pid is not None:
+            with contextlib.suppress(OSError):  # gone already: its watcher reports it
+                os.sched_setaffinity(w.pid, {self.cpus[index % len(self.cpus)]})
         w.alive = True
         log.info("event=media_worker_started worker=%d pid=%s ports=%d-%d", index, w.pid, low, high)
 

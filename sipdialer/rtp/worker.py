@@ -16,7 +16,8 @@ request in the order it arrived (a bridge's ``close`` runs in the background aft
 bridge has left the table, so a slow recorder close does not hold up other calls), and
 every ``--stats-interval`` seconds (1 s) sends every bridge's counters in
 :class:`~sipdialer.rtp.control.Stats` frames of at most
-:data:`~sipdialer.rtp.control.MAX_STATS_PER_FRAME` bridges — skipped while more than
+:data:`~sipdialer.rtp.control.MAX_STATS_PER_FRAME` bridges, one frame per pass of the
+loop so the relay never waits for more than one frame's encoding — skipped while more than
 :data:`STATS_BACKLOG` bytes wait to be written (an engine that does not read gets no
 growing backlog of stats). An invalid request is answered with a
 :class:`~sipdialer.rtp.control.Failed` naming the field and the worker carries on; a
@@ -65,6 +66,7 @@ class _Hosted:
     bridge: Bridge
     applied: int = 0
     recorder: Recorder | None = None
+    closing: bool = False
 
 
 def _addr(a: tuple[Any, ...] | None) -> c.Address | None:
@@ -158,10 +160,13 @@ class Worker:
             writer = self._writer
             if writer is None or writer.transport.get_write_buffer_size() > STATS_BACKLOG:
                 continue
-            now = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
             items = list(self.bridges.items())
             for i in range(0, len(items), c.MAX_STATS_PER_FRAME):
-                chunk = items[i : i + c.MAX_STATS_PER_FRAME]
+                if i:
+                    await asyncio.sleep(0)  # one frame per loop pass: no long stall
+                now = loop.time()
+                chunk = [(b, h) for b, h in items[i : i + c.MAX_STATS_PER_FRAME] if not h.closing]
                 self.send(c.Stats(None, tuple(self._stats(b, h, now) for b, h in chunk)))
 
     def _stats(self, bid: int, h: _Hosted, now: float) -> c.BridgeStats:
@@ -295,6 +300,7 @@ class Worker:
         self.send(c.Done(msg.req, msg.bridge))
 
     def _start_close(self, req: int | None, bid: int, h: _Hosted) -> None:
+        h.closing = True  # (a stats pass under way skips it: Closed carries its last)
         task = asyncio.get_running_loop().create_task(self._close(req, bid, h))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

@@ -359,6 +359,23 @@ async def test_open_waits_for_no_dead_worker(pool: MediaPool) -> None:
     await b.close()
 
 
+async def test_pinned_workers_run_one_per_cpu() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    pool = MediaPool(2, HOST, port_range(), pin_cpus=True)
+    await pool.start()
+    try:
+        for i, w in enumerate(pool.info()):
+            pid = w["pid"]
+            assert isinstance(pid, int)
+            assert os.sched_getaffinity(pid) == {cpus[i % len(cpus)]}
+        x = await call(pool)
+        await x.relays(1)
+        await x.bridge.close()
+        x.close()
+    finally:
+        await pool.close()
+
+
 # ---- ports and stale stats ----------------------------------------------------------------
 
 
