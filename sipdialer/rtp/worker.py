@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -144,6 +145,9 @@ class Worker:
             stats.cancel()
             await self.close_all()
             writer.close()
+            # let the last Closed events out before the loop (and the process) ends
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 5.0)
 
     async def close_all(self) -> None:
         """Close every bridge (finishing recordings) and wait for closes under way."""
@@ -157,16 +161,23 @@ class Worker:
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.stats_interval)
-            writer = self._writer
-            if writer is None or writer.transport.get_write_buffer_size() > STATS_BACKLOG:
-                continue
-            loop = asyncio.get_running_loop()
-            items = list(self.bridges.items())
-            for i in range(0, len(items), c.MAX_STATS_PER_FRAME):
-                if i:
-                    await asyncio.sleep(0)  # one frame per loop pass: no long stall
-                now = loop.time()
-                chunk = [(b, h) for b, h in items[i : i + c.MAX_STATS_PER_FRAME] if not h.closing]
+            try:
+                await self._send_stats()
+            except Exception:  # a bug: log it, keep relaying and reporting
+                log.exception("event=stats_failed")
+
+    async def _send_stats(self) -> None:
+        writer = self._writer
+        if writer is None or writer.transport.get_write_buffer_size() > STATS_BACKLOG:
+            return
+        loop = asyncio.get_running_loop()
+        items = list(self.bridges.items())
+        for i in range(0, len(items), c.MAX_STATS_PER_FRAME):
+            if i:
+                await asyncio.sleep(0)  # one frame per loop pass: no long stall
+            now = loop.time()
+            chunk = [(b, h) for b, h in items[i : i + c.MAX_STATS_PER_FRAME] if not h.closing]
+            if chunk:
                 self.send(c.Stats(None, tuple(self._stats(b, h, now) for b, h in chunk)))
 
     def _stats(self, bid: int, h: _Hosted, now: float) -> c.BridgeStats:
