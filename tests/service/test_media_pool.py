@@ -434,16 +434,35 @@ async def test_refused_requests_raise_typed_errors(pool: MediaPool) -> None:
     x = await call(pool)
     with pytest.raises(MediaAddressError):  # checked in the engine's process, nothing sent
         x.bridge.a.set_remote(("phone.example", 4000), PCMU)
+    await x.relays(1)  # nothing changed
+    await x.bridge.close()
+    x.close()
 
-    class Key:
-        suite = "AES_CM_128_HMAC_SHA1_80"
-        key_salt = bytes(30)
 
-    try:
-        await x.bridge.a.set_srtp(Key(), Key())
-    except MediaRequestFailed as exc:  # until the relay's SRTP lands
-        assert exc.kind == "srtp"
-    await x.relays(1)
+class Key:
+    """What ``RemoteLeg.set_srtp`` reads of ``sipdialer.rtp.srtp.SrtpKey``."""
+
+    def __init__(self, suite: str, key_salt: bytes) -> None:
+        self.suite = suite
+        self.key_salt = key_salt
+
+
+async def test_srtp_keys_reach_the_worker(pool: MediaPool) -> None:
+    """With the relay's SRTP (MediaLeg.set_srtp) the worker encrypts what A receives; a
+    relay without it answers kind "srtp". Either way the key is checked before sending."""
+    x = await call(pool)
+    with pytest.raises(c.ControlError):  # a wrong length never leaves the engine
+        await x.bridge.a.set_srtp(None, Key("AES_CM_128_HMAC_SHA1_80", bytes(29)))
+    key = Key("AES_CM_128_HMAC_SHA1_80", bytes(range(30)))
+    if not hasattr(MediaLeg, "set_srtp"):
+        with pytest.raises(MediaRequestFailed) as e:
+            await x.bridge.a.set_srtp(None, key)
+        assert e.value.kind == "srtp"
+    else:
+        await x.bridge.a.set_srtp(None, key)  # outbound only: A receives SRTP
+        x.b.send(x.bridge.b.local_port, b"\x01" * 160)
+        data = await asyncio.wait_for(x.a.queue.get(), 5)
+        assert len(data) == 172 + 10  # the 80-bit authentication tag
     await x.bridge.close()
     x.close()
 
