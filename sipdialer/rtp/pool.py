@@ -60,6 +60,19 @@ fail with :class:`WorkerLost`. The worker is started again (after
 its start) and takes new bridges once it has said hello. Other workers' bridges are not
 touched.
 
+*Wiring (to come), what changes for the dialer:* ``Bridge.open(host, allocator)``
+becomes ``await pool.open(host)``; ``bridge.start_recording(Recorder(path, now=…))``
+becomes ``await bridge.start_recording(path)`` (:class:`RecordingUnavailable` is an
+``OSError``, as the Recorder's constructor raises), and what the dialer reads of the
+Recorder after :meth:`RemoteBridge.close` is :attr:`RemoteBridge.recording`
+(:class:`~sipdialer.rtp.control.RecordingResult`: ``partial``, ``removed``,
+``duration``, ``oversize_packets``, ``overflow_packets``, ``excess_samples``, ``error``
+as text); ``set_srtp`` is a coroutine; a call must end (cause 41) when
+:attr:`RemoteBridge.lost` completes. Everything else keeps its name and signature.
+Requests sent without waiting reach the worker over the channel while RTP reaches it
+over UDP: a packet sent within a fraction of a millisecond of ``set_remote`` may find
+the old state (in a call the peer only sends after SDP's round trip through SIP).
+
 *Shutdown.* :meth:`MediaPool.close` closes each channel (the worker closes its bridges,
 finishing their recordings, and exits), waits for every process and kills one that does
 not exit within :attr:`MediaPool.stop_timeout`.
