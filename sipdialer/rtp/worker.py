@@ -25,8 +25,11 @@ broken framing (a length over the limit) ends the channel.
 
 It exits when its channel closes (the engine exited, crashed or closed the pool): it
 closes every bridge first, so recordings are finished and their headers patched. SIGINT
-is ignored (a Ctrl-C at the terminal reaches the whole process group; the engine decides
-when its workers stop). It logs (``event=…`` lines on stderr) but never an SRTP key.
+and SIGTERM are ignored: a Ctrl-C at the terminal reaches the whole process group, and a
+service manager's stop signals every process of the service at once, while the engine
+still has calls to end (and their recordings to finish) — the engine decides when its
+workers stop, and when it is gone, even killed, its end of the channel closes. It logs
+(``event=…`` lines on stderr) but never an SRTP key.
 """
 
 from __future__ import annotations
@@ -361,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stats-interval", type=float, default=1.0)
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level,

@@ -348,6 +348,21 @@ async def test_a_worker_that_stops_reading_is_replaced() -> None:
         await pool.close()
 
 
+async def test_sigterm_and_sigint_leave_calls_to_the_engine(pool: MediaPool) -> None:
+    """A service manager's stop reaches every process at once: the workers keep relaying
+    until the engine closes them."""
+    x = await call(pool)
+    pid = x.bridge.worker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGINT)
+    await x.relays(2)
+    await x.bridge.refresh()
+    assert alive(pid) and not x.bridge.lost.done()
+    await x.bridge.close()
+    x.close()
+
+
 async def test_open_waits_for_no_dead_worker(pool: MediaPool) -> None:
     """With one worker killed, new bridges go to the live one at once."""
     pid = pool.info()[0]["pid"]
