@@ -161,6 +161,7 @@ class PoolRelay:
         self.workers = workers
         self.cores = cores
         self.record = record
+        self.srtp = False  # what bench/bridge.py's generator asks of a relay
         kind = "recorded" if record else "unrecorded"
         self.name = f"pool_{workers}_workers_{kind}"
         self.label = f"sipdialer pool, {workers} worker{'s' if workers > 1 else ''}, {kind}"
@@ -190,7 +191,10 @@ class PoolRelay:
         self.conn.send(message)
         return self.conn.recv()[1]
 
-    def open(self, phones: list[tuple[Address, Address]]) -> list[tuple[int, int]]:
+    def open(
+        self, phones: list[tuple[Address, Address]], keys: list[tuple[bytes, ...]] | None = None
+    ) -> list[tuple[int, int]]:
+        assert keys is None  # plain RTP (the pool carries SRTP keys; not benched here yet)
         self.calls = len(phones)
         return [(int(a), int(b)) for a, b in self._ask("open", phones)]
 
