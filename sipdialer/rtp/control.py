@@ -374,6 +374,8 @@ LEG_STATS_FIELDS = (
     "packets_out",
     "packets_dropped",
     "packets_foreign",
+    "srtp_forged",
+    "srtp_replayed",
     "idle",
     "source",
     "remote",
@@ -382,14 +384,17 @@ LEG_STATS_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class LegStats:
-    """One leg's relay counters (see :class:`~sipdialer.rtp.relay.MediaLeg`); ``idle``:
-    seconds since its last audio/DTMF packet (since the bridge opened before any)."""
+    """One leg's relay counters (see :class:`~sipdialer.rtp.relay.MediaLeg`; the SRTP
+    ones stay 0 on a relay without SRTP); ``idle``: seconds since its last audio/DTMF
+    packet (since the bridge opened before any)."""
 
     packets_in: int = 0
     bytes_in: int = 0
     packets_out: int = 0
     packets_dropped: int = 0
     packets_foreign: int = 0
+    srtp_forged: int = 0
+    srtp_replayed: int = 0
     idle: float = 0.0
     source: Address | None = None
     remote: Address | None = None
@@ -401,6 +406,8 @@ class LegStats:
             self.packets_out,
             self.packets_dropped,
             self.packets_foreign,
+            self.srtp_forged,
+            self.srtp_replayed,
             round(self.idle, 3),
             None if self.source is None else list(self.source),
             None if self.remote is None else list(self.remote),
@@ -410,19 +417,23 @@ class LegStats:
     def from_wire(cls, v: Any, path: str) -> LegStats:
         # fast path (a thousand legs a second): every field checked in one expression;
         # anything off takes the slow path, which names the field
-        if type(v) is list and len(v) == 8:
-            p_in, b_in, p_out, drop, foreign, idle, src, rem = v
+        if type(v) is list and len(v) == 10:
+            p_in, b_in, p_out, drop, foreign, forged, replayed, idle, src, rem = v
             if (
                 type(p_in) is int
                 and type(b_in) is int
                 and type(p_out) is int
                 and type(drop) is int
                 and type(foreign) is int
+                and type(forged) is int
+                and type(replayed) is int
                 and 0 <= p_in <= _COUNT_MAX
                 and 0 <= b_in <= _COUNT_MAX
                 and 0 <= p_out <= _COUNT_MAX
                 and 0 <= drop <= _COUNT_MAX
                 and 0 <= foreign <= _COUNT_MAX
+                and 0 <= forged <= _COUNT_MAX
+                and 0 <= replayed <= _COUNT_MAX
                 and (type(idle) is float or type(idle) is int)
                 and 0.0 <= idle <= _IDLE_MAX  # False for NaN
                 and (src is None or _is_address(src))
@@ -434,6 +445,8 @@ class LegStats:
                     p_out,
                     drop,
                     foreign,
+                    forged,
+                    replayed,
                     float(idle),
                     None if src is None else (src[0], src[1]),
                     None if rem is None else (rem[0], rem[1]),
@@ -451,9 +464,11 @@ class LegStats:
             _count(v[2], f[2]),
             _count(v[3], f[3]),
             _count(v[4], f[4]),
-            _number(v[5], f[5], 0.0, _IDLE_MAX),
-            _optional(v[6], f[6], _address),
-            _optional(v[7], f[7], _address),
+            _count(v[5], f[5]),
+            _count(v[6], f[6]),
+            _number(v[7], f[7], 0.0, _IDLE_MAX),
+            _optional(v[8], f[8], _address),
+            _optional(v[9], f[9], _address),
         )
 
 
@@ -650,9 +665,10 @@ class StopRecording:
 @dataclass(frozen=True, slots=True)
 class SetSrtp:
     """``MediaLeg.set_srtp(inbound, outbound)`` of leg ``leg`` (None: plain RTP that
-    way); answered by :class:`Done` or :class:`Failed`."""
+    way); with a ``req`` answered by :class:`Done` or :class:`Failed`, without one only
+    a failure is reported."""
 
-    req: int
+    req: int | None
     bridge: int
     leg: Leg
     inbound: SrtpParams | None
@@ -760,7 +776,7 @@ def _p_stop_recording(d: Any) -> Request:
 def _p_set_srtp(d: Any) -> Request:
     _object(d, "", ("op", "req", "bridge", "leg", "inbound", "outbound"))
     return SetSrtp(
-        _req(d["req"]),
+        _optional(d["req"], "req", _req),
         _bridge(d["bridge"]),
         _leg(d["leg"]),
         _optional(d["inbound"], "inbound", SrtpParams.from_wire),

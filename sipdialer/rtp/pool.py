@@ -31,9 +31,10 @@ lowest index on a tie).
 
 *Proxies.* :class:`RemoteBridge` and :class:`RemoteLeg` offer what the dialer uses of
 Bridge and MediaLeg. What needs an answer is a coroutine (:meth:`MediaPool.open`,
-:meth:`RemoteBridge.start_recording`, :meth:`RemoteLeg.set_srtp`,
+:meth:`RemoteBridge.start_recording`, :meth:`RemoteLeg.set_srtp_checked`,
 :meth:`RemoteBridge.close`, :meth:`RemoteBridge.refresh`); the rest
-(:meth:`RemoteLeg.set_remote`, :meth:`RemoteLeg.hold`, :meth:`RemoteBridge.connect`,
+(:meth:`RemoteLeg.set_remote`, :meth:`RemoteLeg.set_srtp`, :meth:`RemoteLeg.hold`,
+:meth:`RemoteBridge.connect`,
 :meth:`RemoteBridge.play_to_a`, :meth:`RemoteBridge.stop_recording`) is sent without
 waiting, with local mirrors of what the engine reads back: ``remote``, ``codec``,
 ``held``, ``connected``. :meth:`RemoteLeg.media_address` and the address check of
@@ -67,7 +68,7 @@ becomes ``await bridge.start_recording(path)`` (:class:`RecordingUnavailable` is
 Recorder after :meth:`RemoteBridge.close` is :attr:`RemoteBridge.recording`
 (:class:`~sipdialer.rtp.control.RecordingResult`: ``partial``, ``removed``,
 ``duration``, ``oversize_packets``, ``overflow_packets``, ``excess_samples``, ``error``
-as text); ``set_srtp`` is a coroutine; a call must end (cause 41) when
+as text); a call must end (cause 41) when
 :attr:`RemoteBridge.lost` completes. Everything else keeps its name and signature.
 Requests sent without waiting reach the worker over the channel while RTP reaches it
 over UDP: a packet sent within a fraction of a millisecond of ``set_remote`` may find
@@ -257,6 +258,10 @@ def _dual_stack(host: str) -> bool:
         return s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
 
 
+def _srtp(k: SrtpKeyLike | None) -> c.SrtpParams | None:
+    return None if k is None else c.SrtpParams(k.suite, bytes(k.key_salt))
+
+
 class RemoteLeg:
     """One leg of a :class:`RemoteBridge`: MediaLeg's control methods and stats."""
 
@@ -274,6 +279,8 @@ class RemoteLeg:
         self.packets_out = 0
         self.packets_dropped = 0
         self.packets_foreign = 0
+        self.srtp_forged = 0
+        self.srtp_replayed = 0
         self.last_rx = now
 
     def __repr__(self) -> str:
@@ -300,18 +307,21 @@ class RemoteLeg:
         self.held = on
         self._bridge._send(c.Hold(self._bridge.id, self._leg, on))
 
-    async def set_srtp(self, inbound: SrtpKeyLike | None, outbound: SrtpKeyLike | None) -> None:
-        """``MediaLeg.set_srtp`` in the worker; :class:`MediaRequestFailed` (kind
-        ``srtp``) if it refuses. The keys are never logged."""
-
-        def params(k: SrtpKeyLike | None) -> c.SrtpParams | None:
-            return None if k is None else c.SrtpParams(k.suite, bytes(k.key_salt))
-
+    def set_srtp(self, inbound: SrtpKeyLike | None, outbound: SrtpKeyLike | None) -> None:
+        """As ``MediaLeg.set_srtp``, sent without waiting: the suite and key length are
+        checked here (:class:`~sipdialer.rtp.control.ControlError`, a ValueError, and
+        nothing is sent); a refusal by the worker is logged. The keys are never logged."""
         b = self._bridge
-        await b._ask(
-            lambda req: c.SetSrtp(req, b.id, self._leg, params(inbound), params(outbound)),
-            c.Done,
-        )
+        b._send(c.SetSrtp(None, b.id, self._leg, _srtp(inbound), _srtp(outbound)))
+
+    async def set_srtp_checked(
+        self, inbound: SrtpKeyLike | None, outbound: SrtpKeyLike | None
+    ) -> None:
+        """:meth:`set_srtp`, waiting for the worker: :class:`MediaRequestFailed` (kind
+        ``srtp``) if it refuses."""
+        b = self._bridge
+        i, o = _srtp(inbound), _srtp(outbound)
+        await b._ask(lambda req: c.SetSrtp(req, b.id, self._leg, i, o), c.Done)
 
     @property
     def _leg(self) -> c.Leg:
@@ -323,6 +333,8 @@ class RemoteLeg:
         self.packets_out = s.packets_out
         self.packets_dropped = s.packets_dropped
         self.packets_foreign = s.packets_foreign
+        self.srtp_forged = s.srtp_forged
+        self.srtp_replayed = s.srtp_replayed
         self.last_rx = max(self.last_rx, now - s.idle)
         if current:
             self.source = self._local(s.source)

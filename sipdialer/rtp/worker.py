@@ -85,6 +85,9 @@ def leg_stats(leg: MediaLeg, now: float) -> c.LegStats:
         packets_out=leg.packets_out,
         packets_dropped=leg.packets_dropped,
         packets_foreign=leg.packets_foreign,
+        # (a relay without SRTP has no such counters)
+        srtp_forged=getattr(leg, "srtp_forged", 0),
+        srtp_replayed=getattr(leg, "srtp_replayed", 0),
         idle=max(0.0, now - leg.last_rx),
         source=_addr(leg.source),
         remote=_addr(leg.remote),
@@ -311,7 +314,8 @@ class Worker:
         except (srtp.SrtpSetupError, ValueError) as exc:
             # libsrtp's message names the suite or the length, never the key itself
             raise _Fail("srtp", None, _short(exc)) from None
-        self.send(c.Done(msg.req, msg.bridge))
+        if msg.req is not None:
+            self.send(c.Done(msg.req, msg.bridge))
 
     def _start_close(self, req: int | None, bid: int, h: _Hosted) -> None:
         h.closing = True  # (a stats pass under way skips it: Closed carries its last)

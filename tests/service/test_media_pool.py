@@ -463,21 +463,26 @@ class Key:
 
 
 async def test_srtp_keys_reach_the_worker(pool: MediaPool) -> None:
-    """With the relay's SRTP (MediaLeg.set_srtp) the worker encrypts what A receives; a
-    relay without it answers kind "srtp". Either way the key is checked before sending."""
+    """With the relay's SRTP (MediaLeg.set_srtp) the worker encrypts what A receives and
+    counts what fails authentication on B; a relay without it answers kind "srtp".
+    Either way the key is checked before anything is sent."""
     x = await call(pool)
     with pytest.raises(c.ControlError):  # a wrong length never leaves the engine
-        await x.bridge.a.set_srtp(None, Key("AES_CM_128_HMAC_SHA1_80", bytes(29)))
+        x.bridge.a.set_srtp(None, Key("AES_CM_128_HMAC_SHA1_80", bytes(29)))
     key = Key("AES_CM_128_HMAC_SHA1_80", bytes(range(30)))
     if not hasattr(MediaLeg, "set_srtp"):
         with pytest.raises(MediaRequestFailed) as e:
-            await x.bridge.a.set_srtp(None, key)
+            await x.bridge.a.set_srtp_checked(None, key)
         assert e.value.kind == "srtp"
     else:
-        await x.bridge.a.set_srtp(None, key)  # outbound only: A receives SRTP
+        x.bridge.a.set_srtp(None, key)  # outbound only: A receives SRTP
+        await x.bridge.refresh()  # applied
         x.b.send(x.bridge.b.local_port, b"\x01" * 160)
         data = await asyncio.wait_for(x.a.queue.get(), 5)
         assert len(data) == 172 + 10  # the 80-bit authentication tag
+        await x.bridge.b.set_srtp_checked(Key("AEAD_AES_128_GCM", bytes(28)), None)
+        x.b.send(x.bridge.b.local_port, b"\x02" * 160)  # plain RTP: fails authentication
+        await until(lambda: x.bridge.b.srtp_forged == 1)
     await x.bridge.close()
     x.close()
 

@@ -19,7 +19,18 @@ from sipdialer.rtp import control as c
 from sipdialer.rtp.pool import split_ports
 
 KEY30 = bytes(range(30))
-LEG = c.LegStats(1, 172, 2, 3, 4, 1.5, ("192.0.2.1", 4000), ("192.0.2.1", 4000))
+LEG = c.LegStats(
+    packets_in=1,
+    bytes_in=172,
+    packets_out=2,
+    packets_dropped=3,
+    packets_foreign=4,
+    srtp_forged=5,
+    srtp_replayed=6,
+    idle=1.5,
+    source=("192.0.2.1", 4000),
+    remote=("192.0.2.1", 4000),
+)
 STATS = c.BridgeStats(7, 3, LEG, c.LegStats(), playing=True, recording_error="disk full")
 RESULT = c.RecordingResult("/rec/x.wav", 8000, 1.0, False, False, 1, 2, 3, None)
 
@@ -36,6 +47,7 @@ REQUESTS: list[c.Request] = [
     c.StopRecording(7),
     c.SetSrtp(3, 7, "A", c.SrtpParams("AES_CM_128_HMAC_SHA1_80", KEY30), None),
     c.SetSrtp(4, 7, "B", None, c.SrtpParams("AEAD_AES_256_GCM", bytes(44))),
+    c.SetSrtp(None, 7, "B", c.SrtpParams("AEAD_AES_128_GCM", bytes(28)), None),
     c.CloseBridge(5, 7),
     c.Query(6, 7),
 ]
@@ -228,10 +240,12 @@ BAD_EVENTS = [
     (wire(EVENTS[3]), "error", "x" * 1001, "error"),
     (CLOSED, "stats.a", [1, 2], "stats.a"),
     (CLOSED, "stats.a.0", -1, "stats.a.packets_in"),
-    (CLOSED, "stats.b.5", float("inf"), "stats.b.idle"),
-    (CLOSED, "stats.b.5", -0.5, "stats.b.idle"),
-    (CLOSED, "stats.a.6", ["h"], "stats.a.source"),
-    (CLOSED, "stats.a.7", ["h", 70000], "stats.a.remote[1]"),
+    (CLOSED, "stats.a.5", 1.0, "stats.a.srtp_forged"),
+    (CLOSED, "stats.a.6", None, "stats.a.srtp_replayed"),
+    (CLOSED, "stats.b.7", float("inf"), "stats.b.idle"),
+    (CLOSED, "stats.b.7", -0.5, "stats.b.idle"),
+    (CLOSED, "stats.a.8", ["h"], "stats.a.source"),
+    (CLOSED, "stats.a.9", ["h", 70000], "stats.a.remote[1]"),
     (CLOSED, "stats.playing", "yes", "stats.playing"),
     (CLOSED, "recording.frames", 1.5, "recording.frames"),
     (CLOSED, "recording.partial", 0, "recording.partial"),
@@ -462,10 +476,10 @@ _ADDRS: list[Any] = [
     ["h", 1, 2],
     ("h", 1),
 ]
-_VALID_LEG = [1, 2, 3, 4, 5, 0.5, ["h", 1], None]
+_VALID_LEG = [1, 2, 3, 4, 5, 6, 7, 0.5, ["h", 1], None]
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(10))
 def test_leg_stats_fast_path_agrees_with_the_checks(index: int) -> None:
     """The fast path accepts exactly what the field-by-field checks accept: each field of
     a valid leg replaced by each edge value."""
@@ -480,6 +494,6 @@ def test_leg_stats_fast_path_agrees_with_the_checks(index: int) -> None:
         v = list(_VALID_LEG)
         v[index] = value
         assert outcome(c.LegStats.from_wire, v) == outcome(c.LegStats._slow, v), (index, value)
-    for length in (7, 9):
+    for length in (9, 11):
         v = (_VALID_LEG * 2)[:length]
         assert outcome(c.LegStats.from_wire, v) == outcome(c.LegStats._slow, v)
