@@ -24,11 +24,11 @@ whatever the bytes: a receiver answers an invalid message with a
 
 *Requests* (engine → worker) carry a ``bridge`` id the pool chose; those that need an
 answer carry a ``req`` id too (:class:`OpenBridge`, :class:`StartRecording`,
-:class:`SetSrtp`, :class:`CloseBridge`, :class:`Query`) and get :class:`Opened`,
-:class:`Done`, :class:`Closed` or :class:`Stats` back with the same ``req``, or
-:class:`Failed`. The others are fire-and-forget; a failure among them still comes back
-as a :class:`Failed` without ``req``. Ringback is defined once per worker
-(:class:`DefineTone`, int16 samples) and then played by name (:class:`PlayToA`).
+:class:`CloseBridge`, :class:`Query`; :class:`SetSrtp` when the sender wants to wait)
+and get :class:`Opened`, :class:`Done`, :class:`Closed` or :class:`Stats` back with the
+same ``req``, or :class:`Failed`. The others are fire-and-forget; a failure among them
+still comes back as a :class:`Failed` without ``req``. Ringback is defined once per
+worker (:class:`DefineTone`, int16 samples) and then played by name (:class:`PlayToA`).
 
 *Events* (worker → engine): :class:`Hello` once at start, the replies above, and every
 second or so :class:`Stats` frames with each bridge's counters, how long each leg has
@@ -56,6 +56,7 @@ from typing import Any, Literal, TypeAlias
 from sipdialer.rtp.errors import RtpError
 
 __all__ = [
+    "FAILURE_KINDS",
     "LEG_STATS_FIELDS",
     "MAX_FRAME",
     "MAX_STATS_PER_FRAME",
