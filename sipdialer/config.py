@@ -154,6 +154,14 @@ class RecordingConfig:
 
 
 @dataclass(frozen=True)
+class MediaConfig:
+    #: Media worker processes (``sipdialer.rtp.pool``); 0: the relay runs in the service's
+    #: own process. Parsed and checked, not yet used: calls relay in-process until the
+    #: pool is wired into the dialer (issue 14).
+    workers: int = 0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "INFO"
 
@@ -167,6 +175,7 @@ class Config:
     calls: CallsConfig = field(default_factory=CallsConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     extensions: dict[str, str] = field(default_factory=dict)
     extension_algorithms: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -338,6 +347,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "registrar": ("realm", "algorithms", "store", "srtp", "min_expires", "max_expires"),
     "recording": ("directory", "enabled", "retention_days"),
     "log": ("level",),
+    "media": ("workers",),
     "extensions": (),
     "extension_algorithms": (),
     "extension_srtp": (),
@@ -527,6 +537,17 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     if (v := get("log", "level")) is not None:
         lg["level"] = _choice("log", "level", v, ("debug", "info", "warning", "error")).upper()
 
+    media: dict[str, Any] = {}
+    if (v := get("media", "workers")) is not None:
+        media["workers"] = _integer("media", "workers", v, minimum=0, maximum=64)
+        low, high = s.get("rtp_ports", SipConfig.rtp_ports)
+        evens = (high - (low + (low & 1))) // 2 + 1
+        if media["workers"] > evens // 2:
+            raise ConfigError(
+                f"[media] workers: {media['workers']} workers need at least two even ports "
+                f"each, [sip] rtp_ports {low}-{high} has {evens}"
+            )
+
     extensions: dict[str, str] = {}
     if parser.has_section("extensions"):
         for ext, password in parser["extensions"].items():
@@ -558,6 +579,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         calls=CallsConfig(**c),
         recording=RecordingConfig(**rec),
         log=LogConfig(**lg),
+        media=MediaConfig(**media),
         registrar=RegistrarConfig(**g),
         extensions=extensions,
         extension_algorithms=extension_algorithms,

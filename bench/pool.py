@@ -1,0 +1,287 @@
+"""Media relay capacity through the worker pool (sipdialer.rtp.pool): N workers vs 1.
+
+    python bench/pool.py --calls N --seconds S [--workers 2] [--no-record]
+    python bench/pool.py --ramp [--ramp-start A --ramp-step B --ramp-max C --ramps R]
+                         [--workers 2] [--no-record] --seconds S
+
+The same generator, packets and pass rule as ``bench/bridge.py`` (imported from it, not
+copied: its :func:`measure`, :func:`ramp`, :func:`passes`), with a different relay under
+test: a child process (the "engine") running a :class:`~sipdialer.rtp.pool.MediaPool`
+of ``--workers`` worker processes, each call a :class:`~sipdialer.rtp.pool.RemoteBridge`
+opened, pointed, connected and (unless ``--no-record``) recording through the control
+channel, as the dialer will once the pool is wired in. The pool's calls are not the
+dialer's yet: no SIP here.
+
+Cores: the generator is pinned to the second CPU, as in ``bench/bridge.py``; worker
+``i`` is pinned to CPU ``i`` (so with one worker the relay has the first core to itself,
+exactly like ``bench/bridge.py``'s relay; with two, worker 1 **shares the generator's
+core** — on a 2-core machine there is no third core, so the N-worker figure is a lower
+bound of what N cores carry); the engine process, idle but for stats, sits on the first.
+``cpu_pct`` and ``rss_kb_per_call`` in each result are worker 0's (the whole relay with
+one worker); each worker's CPU seconds and RSS over the run are in the details.
+
+Without ``--ramp``: one load, the last line one JSON object. With ``--ramp``: ramps of
+the 1-worker pool and the ``--workers`` pool side by side (the order rotated from step to
+step, as ``bench/bridge.py`` does), each pool's capacity (last passing N) min / median /
+max, and ``ratio_of_medians`` = N-worker capacity ÷ 1-worker capacity; the last line is
+one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import tempfile
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from bridge import (
+    HOST,
+    check_recordings,
+    choose_cores,
+    cpu_seconds,
+    free_rtp_range,
+    measure,
+    passes,
+    ramp,
+    rss_kb,
+    summary_line,
+)
+
+Address = tuple[str, int]
+
+
+def engine_main(
+    conn: Connection,
+    workers: int,
+    record_dir: str | None,
+    cores: list[int],
+    ports: tuple[int, int],
+) -> None:
+    os.sched_setaffinity(0, {cores[0]})
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the workers inherit it
+    import uvloop
+
+    uvloop.run(_engine(conn, workers, record_dir, cores, ports))
+
+
+async def _engine(
+    conn: Connection,
+    workers: int,
+    record_dir: str | None,
+    cores: list[int],
+    ports: tuple[int, int],
+) -> None:
+    from sipdialer.rtp.pool import MediaPool, RemoteBridge
+    from sipdialer.rtp.relay import Codec
+
+    loop = asyncio.get_running_loop()
+    pool = MediaPool(workers, HOST, ports)
+    await pool.start()
+    pids: list[int] = []
+    for i, w in enumerate(pool.info()):
+        pid = w["pid"]
+        assert isinstance(pid, int)
+        os.sched_setaffinity(pid, {cores[i % len(cores)]})
+        pids.append(pid)
+    bridges: list[RemoteBridge] = []
+    done = loop.create_future()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
+    conn.send(("ready", pids))
+
+    def totals() -> dict[str, int]:
+        t = {"packets_in": 0, "packets_out": 0, "dropped": 0}
+        for b in bridges:
+            for leg in (b.a, b.b):
+                t["packets_in"] += leg.packets_in
+                t["packets_out"] += leg.packets_out
+                t["dropped"] += leg.packets_dropped
+        return t
+
+    while not done.done():
+        cmd, *args = await inbox.get()
+        if cmd == "open":
+            (addrs,) = args
+            codec = Codec("PCMU", 0, 101)
+            ports = []
+            for i, (addr_a, addr_b) in enumerate(addrs):
+                b = await pool.open()
+                b.a.set_remote(addr_a, codec)
+                b.b.set_remote(addr_b, codec)
+                b.connect()
+                if record_dir is not None:
+                    await b.start_recording(Path(record_dir) / f"{i}.wav")
+                bridges.append(b)
+                ports.append((b.a.local_port, b.b.local_port))
+            await asyncio.gather(*(b.refresh() for b in bridges))  # all applied
+            conn.send(("opened", ports))
+        elif cmd == "stats":
+            conn.send(("stats", totals()))
+        elif cmd == "close":
+            await asyncio.gather(*(b.refresh() for b in bridges))
+            t = totals()
+            cpu = [round(cpu_seconds(pid), 2) for pid in pids]
+            rss = [rss_kb(pid) for pid in pids]
+            await asyncio.gather(*(b.close() for b in bridges))
+            errors = sum(1 for b in bridges if b.recording_error is not None)
+            per_worker = [sum(1 for b in bridges if b.worker_index == i) for i in range(workers)]
+            conn.send(
+                (
+                    "closed",
+                    {
+                        **t,
+                        "recording_errors": errors,
+                        "worker_cpu_seconds": cpu,
+                        "worker_rss_kb": rss,
+                        "calls_per_worker": per_worker,
+                    },
+                )
+            )
+        elif cmd == "exit":
+            done.set_result(None)
+    loop.remove_reader(conn.fileno())
+    await pool.close()
+
+
+class PoolRelay:
+    """The pool with ``workers`` workers as ``bench/bridge.py``'s relay under test."""
+
+    def __init__(self, workers: int, cores: list[int], record: bool) -> None:
+        self.workers = workers
+        self.cores = cores
+        self.record = record
+        self.srtp = False  # what bench/bridge.py's generator asks of a relay
+        kind = "recorded" if record else "unrecorded"
+        self.name = f"pool_{workers}_workers_{kind}"
+        self.label = f"sipdialer pool, {workers} worker{'s' if workers > 1 else ''}, {kind}"
+        self.record_dir: str | None = None
+        self.proc: BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.calls = 0
+
+    def start(self, calls: int) -> int:
+        ctx = mp.get_context("spawn")
+        self.record_dir = tempfile.mkdtemp(prefix="bench-pool-") if self.record else None
+        self.conn, child = ctx.Pipe()
+        # a block of ports nobody uses now (other benches and tests use 20000 and up)
+        ports = free_rtp_range(4 * calls + 400 * self.workers)
+        self.proc = ctx.Process(
+            target=engine_main,
+            args=(child, self.workers, self.record_dir, self.cores, ports),
+            daemon=True,
+        )
+        self.proc.start()
+        tag, pids = self.conn.recv()
+        assert tag == "ready"
+        return int(pids[0])  # worker 0: measure() takes its CPU and RSS
+
+    def _ask(self, *message: Any) -> Any:
+        assert self.conn is not None
+        self.conn.send(message)
+        return self.conn.recv()[1]
+
+    def open(
+        self, phones: list[tuple[Address, Address]], keys: list[tuple[bytes, ...]] | None = None
+    ) -> list[tuple[int, int]]:
+        assert keys is None  # plain RTP (the pool carries SRTP keys; not benched here yet)
+        self.calls = len(phones)
+        return [(int(a), int(b)) for a, b in self._ask("open", phones)]
+
+    def relayed(self) -> int:
+        # the proxies' counters: up to one stats interval (1 s) old
+        return int(self._ask("stats")["packets_out"])
+
+    def close(self) -> dict[str, Any]:
+        closed = self._ask("close")
+        assert self.conn is not None and self.proc is not None
+        self.conn.send(("exit",))
+        self.proc.join(15)
+        info: dict[str, Any] = {
+            "service_in": closed["packets_in"],
+            "service_out": closed["packets_out"],
+            "service_dropped": closed["dropped"],
+            "recording_errors": closed["recording_errors"],
+            "worker_cpu_seconds": closed["worker_cpu_seconds"],
+            "worker_rss_kb": closed["worker_rss_kb"],
+            "calls_per_worker": closed["calls_per_worker"],
+        }
+        if self.record_dir is not None:
+            info.update(check_recordings(Path(self.record_dir), self.calls))
+        return info
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()  # its workers see EOF on their channels and exit
+            self.proc.join(5)
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.record_dir is not None:
+            shutil.rmtree(self.record_dir, ignore_errors=True)
+            self.record_dir = None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--workers", type=int, default=2, help="workers of the pool under test")
+    ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured window")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    ap.add_argument("--no-record", action="store_true", help="relay only, no recorder")
+    ap.add_argument("--ramp", action="store_true", help="1 worker vs --workers, walking N up")
+    ap.add_argument("--ramp-start", type=int, default=200)
+    ap.add_argument("--ramp-step", type=int, default=100)
+    ap.add_argument("--ramp-max", type=int, default=3000)
+    ap.add_argument("--ramps", type=int, default=1)
+    args = ap.parse_args()
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
+    cores = choose_cores()  # (relay core, generator core), before anything is pinned
+    worker_cores = sorted(os.sched_getaffinity(0))
+    record = not args.no_record
+    if not args.ramp:
+        relay = PoolRelay(args.workers, worker_cores, record)
+        m = measure(relay, args.calls, args.seconds, args.warmup, cores)
+        r, info = m["result"], m["info"]
+        print(summary_line(relay.label, r, info))
+        print("details: " + json.dumps(info))
+        print(json.dumps({**r, "pass": passes(r), "workers": args.workers}))
+        return
+    one = PoolRelay(1, worker_cores, record)
+    many = PoolRelay(args.workers, worker_cores, record)
+    out = ramp(
+        [one, many],
+        args.ramp_start,
+        args.ramp_step,
+        args.ramp_max,
+        args.ramps,
+        args.seconds,
+        args.warmup,
+        cores,
+    )
+    caps = out["capacity"]
+    for name, c in caps.items():
+        print(f"capacity {name}: min {c['min']} / median {c['median']} / max {c['max']} calls")
+    m1 = statistics.median_low(caps[one.name]["runs"])
+    mn = statistics.median_low(caps[many.name]["runs"])
+    out["ratio_of_medians"] = {f"{many.name}/{one.name}": round(mn / m1, 3) if m1 else None}
+    print(f"ratio {args.workers} workers / 1 worker: {out['ratio_of_medians']}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
