@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,9 +156,10 @@ class RecordingConfig:
 
 @dataclass(frozen=True)
 class MediaConfig:
-    #: Media worker processes (``sipdialer.rtp.pool``); 0: the relay runs in the service's
-    #: own process. Parsed and checked, not yet used: calls relay in-process until the
-    #: pool is wired into the dialer (issue 14).
+    #: Media worker processes (``sipdialer.rtp.pool``) that relay and record the calls;
+    #: 0: the relay runs in the service's own process. ``auto`` (the default) is the
+    #: number of CPUs this process may run on, fewer if ``[sip] rtp_ports`` is too small
+    #: to give each worker two even ports.
     workers: int = 0
 
 
@@ -190,6 +192,14 @@ class Config:
 
 
 SRTP_POLICIES = ("no", "optional", "required")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 # ---- value parsers: each gets (section, key, raw text) and raises ConfigError ------------
@@ -538,10 +548,13 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         lg["level"] = _choice("log", "level", v, ("debug", "info", "warning", "error")).upper()
 
     media: dict[str, Any] = {}
-    if (v := get("media", "workers")) is not None:
+    low, high = s.get("rtp_ports", SipConfig.rtp_ports)
+    evens = (high - (low + (low & 1))) // 2 + 1
+    v = get("media", "workers")
+    if v is None or v.strip().lower() == "auto":
+        media["workers"] = min(usable_cpus(), evens // 2, 64)
+    else:
         media["workers"] = _integer("media", "workers", v, minimum=0, maximum=64)
-        low, high = s.get("rtp_ports", SipConfig.rtp_ports)
-        evens = (high - (low + (low & 1))) // 2 + 1
         if media["workers"] > evens // 2:
             raise ConfigError(
                 f"[media] workers: {media['workers']} workers need at least two even ports "

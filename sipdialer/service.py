@@ -28,6 +28,7 @@ from sipdialer.engine.dialer import Dialer
 from sipdialer.engine.journal import CallJournal, journal_dir_for
 from sipdialer.engine.recovery import CallRecovery
 from sipdialer.notify.notifier import Notifier
+from sipdialer.rtp.pool import MediaPool
 from sipdialer.rtp.retention import RetentionSweeper
 from sipdialer.rtp.ringback import load_ringback
 from sipdialer.sip.endpoint import SipEndpoint
@@ -99,6 +100,7 @@ class Service:
         self._route_task: asyncio.Future[None] | None = None
         self.dialer: Dialer | None = None
         self.registrar: RegistrarRuntime | None = None
+        self.media_pool: MediaPool | None = None
 
     async def start(self) -> None:
         await self.transport.start()
@@ -122,6 +124,13 @@ class Service:
             ringback=load_ringback(),
         )
         self.dialer.trunk_route = self.trunk_route
+        workers = self.config.media.workers
+        if workers > 0:  # the relay in worker processes, before any call can start
+            self.media_pool = MediaPool(
+                workers, self.dialer.rtp_bind_host, self.config.sip.rtp_ports
+            )
+            await self.media_pool.start()
+            self.dialer.media_pool = self.media_pool
         if self.journal_dir is not None:
             await self._recover_calls(self.journal_dir)
         if self.config.extensions:
@@ -235,6 +244,9 @@ class Service:
             await self.dialer.close()
             if self.dialer.journal is not None:  # what the writer thread holds, on disk
                 await asyncio.to_thread(self.dialer.journal.close)
+        if self.media_pool is not None:  # after the calls: their recordings are finished
+            pool, self.media_pool = self.media_pool, None
+            await pool.close()
         if self.recovery is not None:
             await self.recovery.close()
             self.recovery = None

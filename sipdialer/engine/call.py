@@ -69,6 +69,7 @@ class Ev(StrEnum):
     CALLEE_RTP_TIMEOUT = "callee_rtp_timeout"  # no RTP from the callee for rtp_timeout
     API_HANGUP = "api_hangup"
     INTERNAL_ERROR = "internal_error"  # we cannot go on (e.g. no RTP ports left)
+    MEDIA_LOST = "media_lost"  # the media worker process relaying the call died
     SHUTDOWN = "shutdown"  # the service is stopping
 
 
@@ -153,9 +154,11 @@ TRANSITIONS: dict[tuple[CallState, Ev], _T] = {
     (_B, Ev.CALLEE_RINGING): _T(_B),
 }
 # ---- the service stops: like an API hang-up, whatever the state, but said as it is
+# ---- the media worker relaying the call died: the same, said as it is (cause 41)
 for (_st, _ev), _t in list(TRANSITIONS.items()):
     if _ev is Ev.API_HANGUP:
         TRANSITIONS[(_st, Ev.SHUTDOWN)] = _T(_t.to, _t.acts, ("shutdown", None))
+        TRANSITIONS[(_st, Ev.MEDIA_LOST)] = _T(_t.to, _t.acts, ("media_lost", None))
 # ---- after the end: whatever crosses our teardown is absorbed (the legs answer it)
 for _ev in Ev:
     if _ev is not Ev.START:

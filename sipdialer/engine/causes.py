@@ -92,6 +92,9 @@ crashed (the service    41     ANSWERED if bridged,         crashed          sys
 died mid-call; the             else FAILED
 next start reports it
 from its call journal)
+media_lost (the media   41     ANSWERED if bridged,         media_lost       system
+worker process relaying        else FAILED
+the call died)
 unreachable (trunk      38     CONGESTION                   congestion       system
 down, INVITE timed out,
 not registered with the
@@ -165,6 +168,7 @@ EndingKind = Literal[
     "not_registered",
     "shutdown",
     "crashed",
+    "media_lost",
     "error",
     "session_timeout",
 ]
@@ -193,6 +197,7 @@ END_REASONS: tuple[str, ...] = (
     "not_registered",
     "shutdown",
     "crashed",
+    "media_lost",
     "session_timeout",
 )
 
@@ -494,6 +499,8 @@ ENDINGS: dict[tuple[EndingKind, Leg | None], EndingRow] = {
     ("shutdown", None): EndingRow(41, ANSWERED, FAILED, "shutdown", "system"),
     # the service died (kill -9, power cut) while the call was up: the next start ends it
     ("crashed", None): EndingRow(41, ANSWERED, FAILED, "crashed", "system"),
+    # the media worker process relaying the call died (its other calls go on)
+    ("media_lost", None): EndingRow(41, ANSWERED, FAILED, "media_lost", "system"),
     ("unreachable", None): EndingRow(38, CONGESTION, CONGESTION, "congestion", "system"),
     ("not_registered", None): EndingRow(20, FAILED, FAILED, "not_registered", "system"),
     ("error", None): EndingRow(127, FAILED, FAILED, "error", "system"),

@@ -35,6 +35,14 @@ e.g. an SRTP-only phone offered plain RTP) ends the call FAILED with cause **88*
 (plain RTP/AVP, no usable ``a=crypto`` of ours) is ACKed, BYEd with
 ``Reason: Q.850;cause=88`` and ends the call FAILED/88 too, with the reason in
 ``end_detail`` (``event=answer_unusable``). Keys are never logged.
+
+Media in worker processes: with ``[media] workers`` > 0 the service gives the dialer a
+:class:`~sipdialer.rtp.pool.MediaPool` and each call's bridge is a
+:class:`~sipdialer.rtp.pool.RemoteBridge` in one of the workers, driven over its control
+channel (the same calls as on an in-process :class:`~sipdialer.rtp.relay.Bridge`; the
+recording is opened and written by the worker). A worker that dies ends each of *its*
+calls with cause 41 ``media_lost`` (``event=media_lost``), hanging both legs up; its WAVs
+are kept as far as the worker wrote them and flagged ``recording_partial``.
 """
 
 from __future__ import annotations
@@ -62,6 +70,9 @@ from sipdialer.engine.journal import CallJournal, JournaledCall, leg_entry
 from sipdialer.engine.leg import Leg, LegState, LegTarget
 from sipdialer.engine.request import CallRequest
 from sipdialer.logs import quote_value
+from sipdialer.rtp.control import RecordingResult
+from sipdialer.rtp.errors import RtpError
+from sipdialer.rtp.pool import MediaPool, RemoteBridge, RemoteLeg
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import Recorder, new_recording_ref
 from sipdialer.rtp.relay import Bridge, Codec, MediaAddressError, MediaLeg
@@ -162,8 +173,9 @@ class CallRunner:
             outbound_id=request.outbound_id,
             created_at=time.time(),
         )
-        self.bridge: Bridge | None = None
-        self.recorder: Recorder | None = None
+        self.bridge: Bridge | RemoteBridge | None = None
+        self.recorder: Recorder | None = None  # in-process media only (a worker's is its own)
+        self._recording_path: Path | None = None
         self.agent: Leg | None = None  # the agent leg that answered (or the only one)
         self.agent_forks: list[Leg] = []  # every INVITE to the agent (one per contact)
         self.callee: Leg | None = None
@@ -182,8 +194,14 @@ class CallRunner:
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        pool = self.dialer.media_pool
         try:
-            self.bridge = await Bridge.open(self.dialer.rtp_bind_host, self.dialer.ports)
+            if pool is not None:
+                remote = await pool.open(self.dialer.rtp_bind_host)
+                remote.lost.add_done_callback(self._media_lost)
+                self.bridge = remote
+            else:
+                self.bridge = await Bridge.open(self.dialer.rtp_bind_host, self.dialer.ports)
         except Exception as exc:
             log.error("event=media_unavailable call=%s error=%s", self._tag, exc)
             self._event(Ev.INTERNAL_ERROR, detail=f"no media ports: {exc}")
@@ -271,12 +289,27 @@ class CallRunner:
         elif act is Act.FINISH:
             self._finish()
 
-    def _start_recording(self, bridge: Bridge) -> None:
+    def _media_lost(self, lost: asyncio.Future[str]) -> None:
+        """The media worker relaying this call died: end the call (cause 41)."""
+        if lost.cancelled():
+            return
+        reason = lost.result()
+        log.error("event=media_lost call=%s reason=%s", self._tag, quote_value(reason))
+        self._event(Ev.MEDIA_LOST, detail=f"the media worker died: {reason}")
+
+    def _start_recording(self, bridge: Bridge | RemoteBridge) -> None:
         rec = self.dialer.config.recording
         if not rec.enabled:
             return
         ref = new_recording_ref()
         path = Path(rec.directory) / f"{ref}.wav"
+        if isinstance(bridge, RemoteBridge):  # the worker opens the file
+            self.record.recording_ref = ref
+            self._recording_path = path.absolute()
+            task = asyncio.ensure_future(self._start_remote_recording(bridge, path))
+            self.dialer._background.add(task)
+            task.add_done_callback(self.dialer._background.discard)
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.recorder = Recorder(path, now=self._now())
@@ -285,12 +318,27 @@ class CallRunner:
             self.record.recording_partial = True  # (with no recording_url: none at all)
             return
         self.record.recording_ref = ref
+        self._recording_path = path.absolute()
         bridge.start_recording(self.recorder)
+
+    async def _start_remote_recording(self, bridge: RemoteBridge, path: Path) -> None:
+        try:
+            await bridge.start_recording(path)
+        except (OSError, RtpError) as exc:  # no file (disk) or no worker: no recording
+            log.error("event=recording_failed call=%s error=%s", self._tag, quote_value(exc))
+            self.record.recording_partial = True
+            self.record.recording_ref = None
+            self._recording_path = None
+            self._final_view = None
 
     def _note_recording(self) -> None:
         """Once the bridge has closed the recorder: flag a recording a disk fault cut
         short, forget one removed for holding no audio, log what was dropped."""
-        rec = self.recorder
+        rec: Recorder | RecordingResult | None = self.recorder
+        if isinstance(self.bridge, RemoteBridge):
+            rec = self.bridge.recording
+            if rec is None and self.record.recording_ref is not None:
+                self.record.recording_partial = True  # the worker gave no final word
         if rec is None:
             return
         if rec.partial:
@@ -409,7 +457,7 @@ class CallRunner:
         if journal is None or self.cdr is not None:  # once the CDR is out, it is forgotten
             return
         legs = [leg for leg in (*self.agent_forks, self.callee) if leg is not None]
-        recording = self.recorder.path.absolute() if self.recorder is not None else None
+        recording = self._recording_path
         journal.record(
             JournaledCall(
                 record=self.record,
@@ -523,7 +571,7 @@ class CallRunner:
         self._sdes[leg] = sdes
         return leg
 
-    def _media_of(self, leg: Leg) -> MediaLeg | None:
+    def _media_of(self, leg: Leg) -> MediaLeg | RemoteLeg | None:
         if self.bridge is None:
             return None
         return self.bridge.a if self._is_agent(leg) else self.bridge.b
@@ -546,7 +594,7 @@ class CallRunner:
             return sdes.take_answer(sdp.proto, sdp.crypto).problem
         return None
 
-    def _usable_address(self, name: str, media: MediaLeg, sdp: AudioOffer) -> bool:
+    def _usable_address(self, name: str, media: MediaLeg | RemoteLeg, sdp: AudioOffer) -> bool:
         """Whether the relay can send to the SDP's address (logged when not)."""
         try:
             media.media_address((sdp.address, sdp.port))
@@ -798,6 +846,9 @@ class Dialer:
         self.rtp_host = config.sip.advertised_host  # what SDP tells peers
         self.rtp_bind_host = config.sip.listen[0]  # where the RTP sockets listen
         self.ports = PortAllocator(*config.sip.rtp_ports)
+        self.media_pool: MediaPool | None = None
+        """The media worker processes, when ``[media] workers`` > 0 (set by the service);
+        None: every call's relay runs in this process."""
         self.ringback = ringback
         self.registrar: Registrar | None = None  # set by the service when extensions exist
         self.trunk_route: TrunkRoute | None = None  # set by the service when a trunk exists

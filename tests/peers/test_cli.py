@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 
 import redis
 
+from sipdialer.config import parse_config
 from tests.fixtures import ports
 from tests.fixtures.baresip import BaresipPhone
 from tests.fixtures.kamailio import KamailioTrunk
@@ -39,11 +41,15 @@ def start_serve(conf: Path) -> tuple[subprocess.Popen[bytes], Path]:
 
 
 def wait_registered(proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 10) -> None:
-    """Wait for the trunk registration's log line (the process must stay up)."""
+    """Wait for the trunk registration's log line and for the service to have started
+    (its media workers up, the API listening); the process must stay up."""
     deadline = time.monotonic() + timeout
-    while "state=registered" not in log_path.read_text():
+    while not all(line in log_path.read_text() for line in READY):
         assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.05)
+
+
+READY = ("state=registered", "event=service_started")
 
 
 def test_help_for_each_command() -> None:
@@ -94,6 +100,15 @@ def test_serve_registers_and_stops_cleanly_on_sigterm(
     assert "event=service_stopped" in text
     assert "state=stopped" in text
     assert trunk.lookup("dialer") == []  # un-REGISTERed on the way out
+    # the default configuration runs the media in one worker process per CPU (here, where
+    # the port range allows), and none outlives the service
+    workers = re.findall(r"event=media_worker_started worker=(\d+) pid=(\d+)", text)
+    assert len(workers) == parse_config(conf.read_text()).media.workers >= 1
+    for _, pid in workers:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        ), f"media worker {pid} outlived the service"
     for line in text.splitlines():  # one structured line per event
         assert " level=" in line and " event=" in line, line
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from sipdialer.config import parse_config
 from sipdialer.engine.cdr import MemorySink
 from sipdialer.engine.dialer import CallRequest
@@ -11,7 +13,8 @@ from sipdialer.service import Service
 from tests.fixtures import ports
 
 
-async def test_no_rtp_ports_left_is_an_error_cdr() -> None:
+@pytest.mark.parametrize("workers", ["0", "auto"])  # in-process relay, media workers
+async def test_no_rtp_ports_left_is_an_error_cdr(workers: str) -> None:
     rtp = ports.free_port_range(4, "udp")
     config = parse_config(
         f"""
@@ -21,6 +24,8 @@ register = no
 [sip]
 listen = 127.0.0.1:{ports.free_port("both")}
 rtp_ports = {rtp}-{rtp + 3}
+[media]
+workers = {workers}
 """
     )
     sink = MemorySink()

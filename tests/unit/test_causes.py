@@ -277,6 +277,14 @@ def test_sip_reason_does_not_override() -> None:
             Outcome(41, "NORMAL_TEMPORARY_FAILURE", "FAILED", "shutdown", "system"),
         ),
         (
+            Ending(kind="media_lost", leg=None, bridged=True),
+            Outcome(41, "NORMAL_TEMPORARY_FAILURE", "ANSWERED", "media_lost", "system"),
+        ),
+        (
+            Ending(kind="media_lost", leg=None, bridged=False),
+            Outcome(41, "NORMAL_TEMPORARY_FAILURE", "FAILED", "media_lost", "system"),
+        ),
+        (
             Ending(kind="unreachable", leg="callee"),
             Outcome(38, "NETWORK_OUT_OF_ORDER", "CONGESTION", "congestion", "system"),
         ),

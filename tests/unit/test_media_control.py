@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipdialer.config import ConfigError, parse_config
+from sipdialer.config import ConfigError, parse_config, usable_cpus
 from sipdialer.rtp import control as c
 from sipdialer.rtp.pool import split_ports
 
@@ -419,8 +419,13 @@ def test_split_ports_refuses_too_small_a_range() -> None:
 
 
 def test_media_workers_config() -> None:
-    assert parse_config("").media.workers == 0  # in-process relay until the pool is wired
+    # auto, the default: one worker per CPU this process may use
+    assert parse_config("").media.workers == usable_cpus()
+    assert parse_config("[media]\nworkers = auto\n").media.workers == usable_cpus()
     assert parse_config("[media]\nworkers = 2\n").media.workers == 2
+    assert parse_config("[media]\nworkers = 0\n").media.workers == 0  # in-process relay
+    # auto never asks for more workers than the port range can give two even ports each
+    assert parse_config("[sip]\nrtp_ports = 20000-20003\n").media.workers == min(usable_cpus(), 1)
 
 
 @pytest.mark.parametrize("value", ["-1", "two", "1.5", "65", ""])
