@@ -215,7 +215,15 @@ class Service:
             recordings_deleted=self._recordings_deleted,
             registrar=self.registrar.registrar if self.registrar is not None else None,
             now=self.transport.now,
+            media_workers=self._media_workers,
         )
+
+    def _media_workers(self) -> tuple[int, int] | None:
+        pool = self.media_pool
+        if pool is None:
+            return None
+        alive = sum(1 for w in pool.info() if w["alive"])
+        return alive, pool.restarts
 
     def _registration_status(self) -> RegistrationStatus | None:
         if self.registration is None:

@@ -48,6 +48,9 @@ class ApiContext:
     registrar: Registrar | None = None
     #: The clock of registration timestamps (the event loop's).
     now: Callable[[], float] = _loop_time
+    #: The media worker processes (alive, restarts so far), or None when the relay runs
+    #: in the service's process.
+    media_workers: Callable[[], tuple[int, int] | None] = lambda: None
 
 
 CONTEXT = web.AppKey("context", ApiContext)

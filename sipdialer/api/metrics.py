@@ -23,6 +23,8 @@ redis_up                                gauge      the notifier's ``redis_ok`` (
 notify_outbox_depth                     gauge      notifications waiting on disk
 notify_pushed_total                     counter    notifications Redis has taken
 recordings_deleted_total                counter    recordings removed by retention
+media_workers                           gauge      media worker processes alive (with workers)
+media_worker_restarts_total             counter    media workers started again after a death
 call_setup_seconds                      histogram  originate → bridged, bridged calls only
 http_request_duration_seconds           histogram  API requests by ``route`` (its name in
   {route,status_class}                             the router, ``unmatched`` for none) and
@@ -113,6 +115,17 @@ class ServiceCollector(Collector):
             value=ctx.recordings_deleted(),
         )
         yield from ctx.counters.setup_seconds.collect()
+        workers = ctx.media_workers()
+        if workers is not None:
+            alive, restarts = workers
+            yield GaugeMetricFamily(
+                "sipdialer_media_workers", "Media worker processes alive.", value=alive
+            )
+            yield CounterMetricFamily(
+                "sipdialer_media_worker_restarts_total",
+                "Media worker processes started again after one died.",
+                value=restarts,
+            )
 
     def _rtp(self) -> Iterator[Metric]:
         families = {

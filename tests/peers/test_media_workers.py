@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import soundfile
 
+from sipdialer.api.metrics import ServiceCollector
 from sipdialer.config import parse_config
 from sipdialer.engine.cdr import MemorySink
 from sipdialer.engine.dialer import CallRequest, CallRunner
@@ -56,6 +57,16 @@ async def call(svc: Service, agent: str, callee: str) -> CallRunner:
     )
 
 
+def worker_metrics(svc: Service) -> dict[str, float]:
+    """The media worker families of ``/metrics`` as the service's collector gives them."""
+    return {
+        sample.name: sample.value
+        for family in ServiceCollector(svc.api_context()).collect()
+        for sample in family.samples
+        if sample.name.startswith("sipdialer_media_worker")
+    }
+
+
 def bridge_of(runner: CallRunner) -> RemoteBridge:
     assert isinstance(runner.bridge, RemoteBridge), runner.bridge
     return runner.bridge
@@ -67,6 +78,10 @@ async def test_a_dead_worker_ends_only_its_calls_and_comes_back(
     svc, trunk = service
     pool = svc.media_pool
     assert pool is not None and len(pool.workers) == 2
+    assert worker_metrics(svc) == {
+        "sipdialer_media_workers": 2,
+        "sipdialer_media_worker_restarts_total": 0,
+    }
     agent1 = make_phone("agent1", "1000", trunk, tone_hz=440)
     callee1 = make_phone("callee1", "0820001234", trunk, tone_hz=1000)
     agent2 = make_phone("agent2", "1001", trunk, tone_hz=440)
@@ -116,6 +131,10 @@ async def test_a_dead_worker_ends_only_its_calls_and_comes_back(
 
     await wait_for(restarted, 15, "the killed media worker to be started again")
     assert pool.restarts >= 1
+    assert worker_metrics(svc) == {
+        "sipdialer_media_workers": 2,
+        "sipdialer_media_worker_restarts_total": pool.restarts,
+    }
     third = await call(svc, "1000", "0820001234")
     await wait_state(third, "bridged")
     await asyncio.sleep(1.0)
