@@ -9,7 +9,7 @@ copied: its :func:`measure`, :func:`ramp`, :func:`passes`), with a different rel
 test: a child process (the "engine") running a :class:`~sipdialer.rtp.pool.MediaPool`
 of ``--workers`` worker processes, each call a :class:`~sipdialer.rtp.pool.RemoteBridge`
 opened, pointed, connected and (unless ``--no-record``) recording through the control
-channel, as the dialer will once the pool is wired in. The pool's calls are not the
+channel, as the dialer does with ``[media] workers``. The pool's calls are not the
 dialer's yet: no SIP here.
 
 Cores: the generator is pinned to the second CPU, as in ``bench/bridge.py``; worker

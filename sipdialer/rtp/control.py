@@ -4,9 +4,8 @@ Owns the wire between the call engine's process (:mod:`sipdialer.rtp.pool`) and 
 worker process (:mod:`sipdialer.rtp.worker`). Pure: no sockets, no loop; the two ends
 feed bytes in (:class:`FrameReader`) and get checked, typed messages out
 (:func:`parse_request`, :func:`parse_event`), and turn messages into bytes with
-:func:`encode`. **Not yet used by calls**: the dialer still runs its relay in its own
-process; this is the foundation the multi-process relay (issue 14, point 3) will be
-wired onto.
+:func:`encode`. Every call's media goes over it when ``[media] workers`` > 0 (the
+default: one worker per CPU).
 
 *Framing.* A frame is a 4-byte big-endian length followed by that many bytes of UTF-8
 JSON holding one object; a frame is at most :data:`MAX_FRAME` bytes (a longer length

@@ -2,10 +2,10 @@
 
 Owns, in the call engine's process, the worker processes (:mod:`sipdialer.rtp.worker`),
 their control channels (:mod:`sipdialer.rtp.control`) and a :class:`RemoteBridge` proxy
-per bridge that stands where a :class:`~sipdialer.rtp.relay.Bridge` stands today. **Not
-yet used by calls**: the dialer still opens its bridges in its own process; this is the
-foundation for issue 14, point 3 (every core), to be wired into
-:class:`~sipdialer.engine.dialer.CallRunner` by a later change.
+per bridge that stands where an in-process :class:`~sipdialer.rtp.relay.Bridge` would:
+:class:`~sipdialer.engine.dialer.CallRunner` opens its bridge here whenever the service
+runs workers (``[media] workers``, default one per CPU), and ends the call with cause 41
+``media_lost`` when :attr:`RemoteBridge.lost` fires.
 
 *Processes.* :meth:`MediaPool.start` starts each worker as ``python -m
 sipdialer.rtp.worker`` with its end of a ``socketpair`` passed as an inherited fd

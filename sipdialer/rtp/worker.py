@@ -6,8 +6,7 @@ Owns one process's share of the relay: the :class:`~sipdialer.rtp.relay.Bridge` 
 :class:`~sipdialer.rtp.pool.MediaPool` opened here, the worker's slice of the RTP port
 range (its own :class:`~sipdialer.rtp.ports.PortAllocator`; the pool gives every worker a
 disjoint slice, so no two processes ever try the same port) and its ringback tones.
-**Not yet used by calls**: the dialer still relays in its own process until the pool is
-wired in (issue 14, point 3).
+Every call's media runs in one of these when ``[media] workers`` > 0 (the default).
 
 Started by the pool as ``python -m sipdialer.rtp.worker --fd N --ports LOW-HIGH``, where
 ``N`` is its end of a ``socketpair`` (stream) carrying :mod:`sipdialer.rtp.control`
