@@ -10,7 +10,7 @@ test: a child process (the "engine") running a :class:`~sipdialer.rtp.pool.Media
 of ``--workers`` worker processes, each call a :class:`~sipdialer.rtp.pool.RemoteBridge`
 opened, pointed, connected and (unless ``--no-record``) recording through the control
 channel, as the dialer does with ``[media] workers``. The pool's calls are not the
-dialer's yet: no SIP here.
+dialer's: no SIP here.
 
 Cores: the generator is pinned to the second CPU, as in ``bench/bridge.py``; worker
 ``i`` is pinned to CPU ``i`` (so with one worker the relay has the first core to itself,
