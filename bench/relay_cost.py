@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 
 WARMUP = 200
-FLUSH_EVERY = 50  # rounds: 1 s of 20 ms packets per direction
+FLUSH_EVERY = int(os.environ.get("RELAY_COST_FLUSH_EVERY", "50"))  # rounds: 1 s at 20 ms
 PAYLOAD = bytes(random.Random(7).randrange(256) for _ in range(160))
 
 
