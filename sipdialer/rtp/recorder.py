@@ -99,6 +99,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from math import floor
 from operator import itemgetter
 from pathlib import Path
 
@@ -338,15 +339,12 @@ class Channel:
         return self.payloads.nbytes + self.tail.nbytes
 
 
-def _decode_items(
-    payloads: Sequence[bytes], codecs: Sequence[str]
-) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int64]]:
-    """All payloads decoded back to back, and each one's length in samples."""
-    lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
+def _decode_items(payloads: Sequence[bytes], codecs: Sequence[str]) -> npt.NDArray[np.int16]:
+    """All payloads decoded back to back (one sample per byte)."""
     codec = codecs[0]
     table = _DECODE.get(codec)
     if table is not None and codecs.count(codec) == len(codecs):
-        return table.take(np.frombuffer(b"".join(payloads), dtype=np.uint8)), lengths
+        return table.take(np.frombuffer(b"".join(payloads), dtype=np.uint8))
     parts = []
     for payload, name in zip(payloads, codecs, strict=True):
         table = _DECODE.get(name)
@@ -354,7 +352,7 @@ def _decode_items(
             parts.append(np.zeros(len(payload), dtype=np.int16))
         else:
             parts.append(table.take(np.frombuffer(payload, dtype=np.uint8)))
-    return np.concatenate(parts), lengths
+    return np.concatenate(parts)
 
 
 class Recorder:
@@ -454,17 +452,27 @@ class Recorder:
                 return
         k = len(items)
         payloads, arrivals, codecs = zip(*items, strict=True)
-        decoded, lengths = _decode_items(payloads, codecs)
-        # A packet's audio ends when it arrives (it was sent once complete).
-        ends = np.fromiter(arrivals, dtype=np.float64, count=k)
-        ends = np.floor((ends - self.start) * RATE + 0.5).astype(np.int64)
+        decoded = _decode_items(payloads, codecs)
         cursor = ch.cursor
-        # how far the channel would end past each packet's arrival if all were appended
-        lead = cursor + np.cumsum(lengths) - ends
-        if not ch.idle and lead.max() <= AHEAD and lead.min() >= -TOLERANCE:  # usual case
-            ch.tail = np.concatenate([ch.tail, decoded]) if len(ch.tail) else decoded
-            ch.cursor = cursor + len(decoded)
-            return
+        start = self.start
+        if not ch.idle:
+            # The usual case: appended back to back, no packet would leave its channel more
+            # than TOLERANCE behind or AHEAD past its arrival (a packet's audio ends when it
+            # arrives: it was sent once complete). Checked in plain Python: for a second's
+            # worth of packets that is cheaper than a dozen numpy calls.
+            end = cursor
+            for payload, arrival in zip(payloads, arrivals, strict=True):
+                end += len(payload)
+                lead = end - floor((arrival - start) * RATE + 0.5)
+                if lead > AHEAD or lead < -TOLERANCE:
+                    break
+            else:
+                ch.tail = np.concatenate([ch.tail, decoded]) if len(ch.tail) else decoded
+                ch.cursor = end
+                return
+        lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=k)
+        ends = np.fromiter(arrivals, dtype=np.float64, count=k)
+        ends = np.floor((ends - start) * RATE + 0.5).astype(np.int64)
         pieces = [ch.tail]
         offset = 0  # index in ``decoded`` of the current packet's first sample
         idle = ch.idle
