@@ -477,27 +477,34 @@ class Recorder:
         ends = np.floor((ends - start) * RATE + 0.5).astype(np.int64)
         pieces = [ch.tail]
         offset = 0  # index in ``decoded`` of the current packet's first sample
+        run = 0  # start in ``decoded`` of the contiguous run not yet in ``pieces``
         idle = ch.idle
         excess = 0
         for e, n in zip(ends.tolist(), lengths.tolist(), strict=True):
             begin = e - n
             if begin - cursor > (0 if idle else TOLERANCE):  # a gap: silence, then the packet
+                if offset > run:
+                    pieces.append(decoded[run:offset])
                 pieces.append(np.zeros(begin - cursor, dtype=np.int16))
-                pieces.append(decoded[offset : offset + n])
+                run = offset  # the packet starts a new run
                 cursor = e
             elif cursor + n - e > AHEAD:  # would run ahead: keep only what fits in time
+                if offset > run:
+                    pieces.append(decoded[run:offset])
                 keep = e - cursor
                 if keep > 0:
-                    pieces.append(decoded[offset + n - keep : offset + n])
+                    run = offset + n - keep  # its last ``keep`` samples start a new run
                     cursor = e
                 else:
                     keep = 0
+                    run = offset + n
                 excess += n - keep
-            else:
-                pieces.append(decoded[offset : offset + n])
+            else:  # continues the run
                 cursor += n
             idle = False
             offset += n
+        if offset > run:
+            pieces.append(decoded[run:offset])
         ch.tail = np.concatenate(pieces)
         ch.cursor = cursor
         ch.idle = idle
