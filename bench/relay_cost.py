@@ -35,6 +35,8 @@ The measured region is cut out of the run with callgrind's ``--dump-before`` on
 phone sockets nobody reads (the kernel drops them once their buffer is full, as a real
 phone that stopped reading would not make the relay do anything else).
 
+``RELAY_COST_FLUSH_EVERY=100`` flushes every 100 rounds instead (a 2 s flush interval).
+
 The last line printed is one JSON object ``{"direct": {"recorded": ipp, "plain": ipp}, …}``.
 """
 
