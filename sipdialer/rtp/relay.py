@@ -35,8 +35,10 @@ Behaviour:
   stops it.
 * **Hold.** :meth:`MediaLeg.hold` stops sending to that leg (received packets are still
   recorded).
-* **Recording.** Audio payloads received on A and B are appended, with their arrival
-  time, to the :class:`~sipdialer.rtp.recorder.Recorder`'s lists; the bridge calls
+* **Recording.** Audio payloads received on A and B are queued, with their arrival
+  time and codec, in the :class:`~sipdialer.rtp.recorder.Recorder`'s bounded channel
+  queues (its :meth:`~sipdialer.rtp.recorder.PendingPayloads.feed` check inlined: one C
+  ``deque.append`` per recorded packet); the bridge calls
   :meth:`~sipdialer.rtp.recorder.Recorder.flush_async` every
   :data:`~sipdialer.rtp.recorder.FLUSH_INTERVAL` seconds from a loop timer (the first
   one at a random phase, so calls started together do not flush together): the audio is
@@ -98,8 +100,10 @@ from sipdialer.rtp.packet import HEADER, REWRITE, payload_bounds
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import (
     FLUSH_INTERVAL,
+    MAX_PAYLOAD,
     WRITE_STALL,
     Channel,
+    PendingPayloads,
     Recorder,
     describe_os_error,
 )
@@ -130,10 +134,6 @@ _pack_into = REWRITE.pack_into
 def _returns(leg: MediaLeg) -> Callable[[], MediaLeg]:
     """A protocol factory for ``create_datagram_endpoint`` that hands over ``leg``."""
     return lambda: leg
-
-
-def _discard(_: object) -> None:
-    pass
 
 
 SendTo = Callable[[bytes | bytearray, Addr], object]
@@ -229,10 +229,7 @@ class MediaLeg(asyncio.DatagramProtocol):
         "_rb_index",
         "_rb_next",
         "_rb_samples",
-        "_rec_arrival",
-        "_rec_codec",
-        "_rec_payload",
-        "_recording",
+        "_rec",
         "_sending",
         "_sendto",
         "_seq_off",
@@ -313,11 +310,8 @@ class MediaLeg(asyncio.DatagramProtocol):
         self._unprotect: Callable[[bytes], bytes | None] | None = None
         self._srtp_forged = 0  # counts of the receivers replaced by a key change
         self._srtp_replayed = 0
-        # Recording: ``append`` of the recorder channel's three lists.
-        self._recording = False
-        self._rec_payload: Callable[[bytes], None] = _discard
-        self._rec_codec: Callable[[str], None] = _discard
-        self._rec_arrival: Callable[[float], None] = _discard
+        # Recording: the recorder channel's bounded queue (None: not recording).
+        self._rec: PendingPayloads | None = None
         # Stats.
         self.packets_in = 0
         self.bytes_in = 0
@@ -534,10 +528,14 @@ class MediaLeg(asyncio.DatagramProtocol):
             self._slow(data, b1, seq, ts, ssrc, start, end, now)
             return
         self.last_rx = now
-        if self._recording:
-            self._rec_payload(data[start:end])
-            self._rec_codec(self._audio_name)
-            self._rec_arrival(now)
+        rec = self._rec
+        if rec is not None:  # PendingPayloads.feed, inlined: one C call per packet
+            m = end - start
+            if m <= rec.room and m <= MAX_PAYLOAD:
+                rec.room -= m
+                rec.push((data[start:end], now, self._audio_name))
+            else:
+                rec.refuse(m)
         peer = self.peer
         if not (self._forward and peer._sending):
             return
@@ -621,10 +619,8 @@ class MediaLeg(asyncio.DatagramProtocol):
                 self.packets_dropped += 1
                 return
             self.last_rx = now
-            if self._recording:
-                self._rec_payload(data[start:end])
-                self._rec_codec(name)
-                self._rec_arrival(now)
+            if self._rec is not None:
+                self._rec.feed(data[start:end], name, now)
             out_pt = peer._audio_pt
             tbl = _translation(name, peer._audio_name) if peer.codec is not None else None
         if not (self._forward and peer._sending):
@@ -737,14 +733,7 @@ class MediaLeg(asyncio.DatagramProtocol):
         self._rb_handle = self._loop.call_at(self._rb_next, self._rb_tick)
 
     def _record_to(self, channel: Channel | None) -> None:
-        if channel is None:
-            self._recording = False
-            self._rec_payload = self._rec_codec = self._rec_arrival = _discard
-        else:
-            self._rec_payload = channel.payloads.append
-            self._rec_codec = channel.codecs.append
-            self._rec_arrival = channel.arrivals.append
-            self._recording = True
+        self._rec = None if channel is None else channel.payloads
 
     def _close(self) -> None:
         self._stop_ringback()
