@@ -21,8 +21,9 @@ sees it; ``setup_p50_ms`` / ``setup_p99_ms`` — the CDR's ``created_at`` → ``
 the callee's); ``answered`` / ``cdrs`` / outcomes; ``achieved_rate`` (calls whose POST
 succeeded per second of the run); ``service_cpu_pct`` (the service process's CPU time over
 the run's wall time, of one core: it runs on one event loop, so ~100 % means the loop is the
-limit), ``healthz_p50_ms`` / ``healthz_p99_ms`` / ``healthz_max_ms`` (a GET /healthz every 50
-ms on one kept-alive connection: the event loop's stalls, without the accept queue),
+limit), ``workers_cpu_pct`` (each media worker process's, likewise), ``healthz_p50_ms`` /
+``healthz_p99_ms`` / ``healthz_max_ms`` (a GET /healthz every 50 ms on one kept-alive
+connection: the event loop's stalls, without the accept queue),
 ``sipp_cpu_pct`` and ``bench_cpu_pct`` likewise (they share the machine), and the peak
 number of live calls. The last line is one JSON object.
 """
@@ -55,6 +56,15 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` (and its reaped children), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:15]) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (the service's media workers)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(c) for c in text]
+    return out
 
 
 def iso_time(text: str) -> float:
@@ -204,6 +214,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             f"[recording]\ndirectory = {tmp / 'recordings'}\n"
             f"enabled = {'no' if args.no_record else 'yes'}\n"
             f"[registrar]\nstore = {tmp / 'bindings.json'}\n"
+            f"[media]\nworkers = {args.workers}\n"
         )
         with (tmp / "serve.log").open("wb") as log:
             service = subprocess.Popen(
@@ -215,7 +226,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         procs.append(service)
         base = f"http://127.0.0.1:{http_port}"
         await wait_http(f"{base}/healthz", 15)
-        cpu0 = {p.pid: cpu_seconds(p.pid) for p in (service, sipp)}
+        workers = children(service.pid)
+        cpu0 = {p: cpu_seconds(p) for p in (service.pid, sipp.pid, *workers)}
         bench0 = time.process_time()
         t0 = time.monotonic()
         stop = asyncio.Event()
@@ -258,6 +270,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "seconds": args.seconds,
         "hold": args.hold,
         "recorded": not args.no_record,
+        "media_workers": args.workers,
         "calls_sent": sent,
         "calls_created": len(ids),
         "achieved_rate": round(len(ids) / args.seconds, 1),
@@ -275,6 +288,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "outcomes": dict(outcomes),
         "peak_live_calls": peak[0],
         "service_cpu_pct": round(cpu[service.pid], 1),
+        "workers_cpu_pct": [round(cpu[w], 1) for w in workers],
         "sipp_cpu_pct": round(cpu[sipp.pid], 1),
         "bench_cpu_pct": round(bench_cpu, 1),
     }
@@ -286,6 +300,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to POST")
     parser.add_argument("--hold", type=float, default=3.0, help="seconds from POST to DELETE")
     parser.add_argument("--no-record", action="store_true", help="[recording] enabled = no")
+    parser.add_argument(
+        "--workers", default="auto", help="[media] workers (default auto: one per CPU)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     for binary in ("sipp", "redis-server"):
