@@ -182,7 +182,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     redis_port = free_port(tcp_too=True)
     media_low, _ = free_port_range(4)
     live = int(args.rate * (args.hold + 2)) + 20
-    rtp_low, rtp_high = free_port_range(2 * live + 20)
+    # two ports a call, and a released port rests before it is used again (ports.py)
+    rtp_low, rtp_high = free_port_range(4 * live + 200)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(
