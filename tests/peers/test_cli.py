@@ -177,6 +177,9 @@ def test_sigterm_during_a_bridged_call_still_delivers_its_notifications(
     legacy = json.loads(c2d[1])["notifications"][0]
     assert (legacy["call_ref"], legacy["disposition"]) == ("term-1", "ANSWERED")
     assert not list((tmp_path / "outbox").glob("*.entry"))  # nothing left waiting
+    # and the journal forgot the call once its CDR was safe: a next start re-ends nothing
+    # (the journal's and the outbox's writes are on their threads; shutdown waits for both)
+    assert list((tmp_path / "outbox.journal").glob("*.call")) == []
 
 
 def _http_json(url: str, body: dict[str, str] | None = None, method: str = "GET") -> Any:
