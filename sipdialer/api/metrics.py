@@ -23,6 +23,8 @@ redis_up                                gauge      the notifier's ``redis_ok`` (
 notify_outbox_depth                     gauge      notifications waiting on disk
 notify_pushed_total                     counter    notifications Redis has taken
 recordings_deleted_total                counter    recordings removed by retention
+recording_write_failures_total          counter    failed recording writes (disk full, I/O)
+recordings_partial_total                counter    recordings cut short by a write failure
 media_workers                           gauge      media worker processes alive (with workers)
 media_worker_restarts_total             counter    media workers started again after a death
 call_setup_seconds                      histogram  originate → bridged, bridged calls only
@@ -45,6 +47,7 @@ from prometheus_client.registry import Collector
 
 from sipdialer.api.context import CONTEXT, ApiContext
 from sipdialer.api.health import notifier_status
+from sipdialer.rtp.recorder import recordings_disk
 from sipdialer.sip.registration import RegState
 
 __all__ = ["CONTENT_TYPE", "HTTP_SECONDS", "REGISTRY", "ServiceCollector", "metrics", "setup"]
@@ -115,6 +118,17 @@ class ServiceCollector(Collector):
             value=ctx.recordings_deleted(),
         )
         yield from ctx.counters.setup_seconds.collect()
+        disk = recordings_disk(ctx.config.recording.directory)
+        yield CounterMetricFamily(
+            "sipdialer_recording_write_failures_total",
+            "Recording writes (or creations) that failed: disk full, I/O errors, stalls.",
+            value=disk.failures,
+        )
+        yield CounterMetricFamily(
+            "sipdialer_recordings_partial_total",
+            "Recordings cut short (or never made) by a write failure.",
+            value=disk.partial_recordings,
+        )
         workers = ctx.media_workers()
         if workers is not None:
             alive, restarts = workers

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import struct
 import subprocess
@@ -223,6 +224,12 @@ async def test_disk_full_mid_call_is_visible(
         assert rec["free_bytes"] < health.FREE_FLOOR and rec["partial_recordings"] >= 1
         assert "recording writes failing (ENOSPC: No space left on device)" in doc["problems"]
         assert str(small_disk) not in json.dumps(doc) and ref not in json.dumps(doc)
+        async with w.client.get("/metrics") as resp:
+            metrics = await resp.text()
+        failures = re.search(r"^sipdialer_recording_write_failures_total (\S+)$", metrics, re.M)
+        partial = re.search(r"^sipdialer_recordings_partial_total (\S+)$", metrics, re.M)
+        assert failures is not None and float(failures.group(1)) >= 1, metrics
+        assert partial is not None and float(partial.group(1)) >= 1, metrics
 
         # 2. a call that finds the disk full: no file at all (and the CDR says so)
         fill(small_disk, "filler-2", leave=0)
