@@ -85,7 +85,6 @@ import asyncio
 import contextlib
 import errno
 import functools
-import ipaddress
 import logging
 import os
 import socket
@@ -102,7 +101,7 @@ from sipdialer.rtp import control as c
 from sipdialer.rtp.errors import RtpError
 from sipdialer.rtp.ports import PortsExhausted
 from sipdialer.rtp.recorder import recordings_disk, repair_wav
-from sipdialer.rtp.relay import Codec, MediaAddressError
+from sipdialer.rtp.relay import Codec, MediaAddressError, media_address
 
 __all__ = [
     "MediaPool",
@@ -196,36 +195,6 @@ def split_ports(low: int, high: int, workers: int) -> list[tuple[int, int]]:
         out.append((first, min(last + 1, high)))
         start += n
     return out
-
-
-def media_address(addr: tuple[str, int], family: int, dual_stack: bool) -> Addr | None:
-    """:meth:`~sipdialer.rtp.relay.MediaLeg.media_address` for a socket of ``family``
-    (``dual_stack``: an IPv6 socket on ``::`` that takes IPv4), without the socket; the
-    same rules (tests check they agree)."""
-    host, port = addr
-    try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
-    except ValueError:
-        raise MediaAddressError(f"RTP remote must be an IP address, not {host!r}") from None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.version == 6 and ip.scope_id:
-        raise MediaAddressError(f"RTP remote {ip} is scoped to an interface")
-    if ip.is_unspecified:
-        return None
-    if ip.is_multicast:
-        raise MediaAddressError(f"RTP remote {ip} is a multicast address")
-    if not 0 < port <= 65535:
-        raise MediaAddressError(f"RTP remote port {port} is out of range")
-    if family == socket.AF_INET6:
-        if ip.version == 4 and dual_stack:
-            ip = ipaddress.IPv6Address(f"::ffff:{ip}")
-        if ip.version == 6:
-            return (socket.inet_ntop(socket.AF_INET6, ip.packed), port, 0, 0)
-    elif ip.version == 4:
-        return (str(ip), port)
-    name = "AF_INET6" if family == socket.AF_INET6 else "AF_INET"
-    raise MediaAddressError(f"RTP remote {ip} is not reachable from {name}")
 
 
 def _open_request(req: int, *, bid: int, host: str) -> c.Request:

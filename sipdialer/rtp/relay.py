@@ -109,7 +109,7 @@ from sipdialer.rtp.recorder import (
 )
 from sipdialer.rtp.srtp import SrtpKey, SrtpReceiver, SrtpSender
 
-__all__ = ["Bridge", "Codec", "MediaAddressError", "MediaLeg"]
+__all__ = ["Bridge", "Codec", "MediaAddressError", "MediaLeg", "media_address"]
 
 log = logging.getLogger("sipdialer.rtp")
 
@@ -169,6 +169,40 @@ def _dual_stack(sock: socket.socket) -> bool:
 class MediaAddressError(RtpError, ValueError):
     """An address from SDP that RTP cannot be sent to from this leg's socket: a host name,
     a multicast address, another address family, a port out of range."""
+
+
+def media_address(addr: tuple[str, int], family: int, dual_stack: bool) -> Addr | None:
+    """``addr`` (from SDP) as a socket of ``family`` sends to it and reports the sources of
+    what it receives (``dual_stack``: an IPv6 socket on ``::`` that also takes IPv4); None
+    for the null address (hold). :class:`MediaAddressError` for a host name, a multicast
+    address, a port out of range, or an address of another family than the socket's (but
+    IPv4 on a dual-stack socket, and an IPv4-mapped IPv6 address on an IPv4 socket). The
+    one rule set for :meth:`MediaLeg.media_address` and the media workers' proxies."""
+    host, port = addr
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        raise MediaAddressError(f"RTP remote must be an IP address, not {host!r}") from None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # judged, and reached, as the IPv4 address it is
+    if ip.version == 6 and ip.scope_id:
+        raise MediaAddressError(f"RTP remote {ip} is scoped to an interface")
+    if ip.is_unspecified:
+        return None
+    if ip.is_multicast:
+        raise MediaAddressError(f"RTP remote {ip} is a multicast address")
+    if not 0 < port <= 65535:
+        raise MediaAddressError(f"RTP remote port {port} is out of range")
+    if family == socket.AF_INET6:
+        if ip.version == 4 and dual_stack:
+            ip = ipaddress.IPv6Address(f"::ffff:{ip}")
+        if ip.version == 6:
+            # the form the kernel reports sources in: inet_ntop's text, flowinfo, scope
+            return (socket.inet_ntop(socket.AF_INET6, ip.packed), port, 0, 0)
+    elif ip.version == 4:
+        return (str(ip), port)
+    name = "AF_INET6" if family == socket.AF_INET6 else "AF_INET"
+    raise MediaAddressError(f"RTP remote {ip} is not reachable from {name}")
 
 
 @dataclass(frozen=True)
@@ -355,35 +389,8 @@ class MediaLeg(asyncio.DatagramProtocol):
         self.peer._update()
 
     def media_address(self, addr: tuple[str, int]) -> Addr | None:
-        """``addr`` (from SDP) as this leg's socket sends to it and reports the sources of
-        what it receives; None for the null address (hold). :class:`MediaAddressError`
-        for a host name, a multicast address, a port out of range, or an address of
-        another family than the socket's (but IPv4 on a dual-stack ``::`` socket, and an
-        IPv4-mapped IPv6 address on an IPv4 socket)."""
-        host, port = addr
-        try:
-            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
-        except ValueError:
-            raise MediaAddressError(f"RTP remote must be an IP address, not {host!r}") from None
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # judged, and reached, as the IPv4 address it is
-        if ip.version == 6 and ip.scope_id:
-            raise MediaAddressError(f"RTP remote {ip} is scoped to an interface")
-        if ip.is_unspecified:
-            return None
-        if ip.is_multicast:
-            raise MediaAddressError(f"RTP remote {ip} is a multicast address")
-        if not 0 < port <= 65535:
-            raise MediaAddressError(f"RTP remote port {port} is out of range")
-        if self.sock.family == socket.AF_INET6:
-            if ip.version == 4 and self._dual_stack:
-                ip = ipaddress.IPv6Address(f"::ffff:{ip}")
-            if ip.version == 6:
-                # the form the kernel reports sources in: inet_ntop's text, flowinfo, scope
-                return (socket.inet_ntop(socket.AF_INET6, ip.packed), port, 0, 0)
-        elif ip.version == 4:
-            return (str(ip), port)
-        raise MediaAddressError(f"RTP remote {ip} is not reachable from {self.sock.family.name}")
+        """``addr`` (from SDP) as this leg's socket sends to it: see :func:`media_address`."""
+        return media_address(addr, self.sock.family, self._dual_stack)
 
     @property
     def source(self) -> Addr | None:
