@@ -81,6 +81,7 @@ separate daemons; a B2BUA relay is ~one ``struct`` rewrite and a ``sendto`` per 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import random
@@ -88,11 +89,12 @@ import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from sipdialer.rtp._fastrelay import RelayCore
 from sipdialer.rtp.errors import RtpError
 from sipdialer.rtp.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, encode
 from sipdialer.rtp.latch import Latch
@@ -129,11 +131,6 @@ _SRC_RESYNC = -3  # force an offset recomputation on the next packet (after hold
 _unpack = HEADER.unpack_from
 _pack = HEADER.pack
 _pack_into = REWRITE.pack_into
-
-
-def _returns(leg: MediaLeg) -> Callable[[], MediaLeg]:
-    """A protocol factory for ``create_datagram_endpoint`` that hands over ``leg``."""
-    return lambda: leg
 
 
 SendTo = Callable[[bytes | bytearray, Addr], object]
@@ -228,7 +225,7 @@ def _translation(src: str, dst: str) -> bytes | None:
     return ULAW_TO_ALAW if src == "PCMU" else ALAW_TO_ULAW
 
 
-class MediaLeg(asyncio.DatagramProtocol):
+class MediaLeg(RelayCore):
     """One RTP socket of a bridge: receives from and sends to one party.
 
     Stats (read freely): ``packets_in``, ``bytes_in``, ``packets_out``,
@@ -243,67 +240,42 @@ class MediaLeg(asyncio.DatagramProtocol):
     all RTCP.
     """
 
+    # the hot state (counters, latch source, stream offsets, …) is RelayCore's C members
     __slots__ = (
-        "_audio_name",
-        "_audio_pt",
         "_dtmf_pt",
         "_dual_stack",
-        "_forward",
         "_held",
         "_init_seq",
         "_init_ts",
-        "_last_out",
-        "_last_tx",
         "_latch",
         "_loop",
-        "_mark",
         "_rb_codec",
         "_rb_frames",
-        "_rb_handle",
         "_rb_index",
         "_rb_next",
         "_rb_samples",
-        "_rec",
-        "_sending",
         "_sendto",
-        "_seq_off",
-        "_source",
-        "_src",
         "_srtp_forged",
         "_srtp_in",
         "_srtp_out",
         "_srtp_replayed",
         "_srtp_rx",
-        "_srtp_tx",
-        "_ssrc",
-        "_time",
-        "_transport",
-        "_ts_off",
-        "_unprotect",
-        "_xlate",
-        "bytes_in",
         "closed",
         "codec",
-        "last_rx",
         "local_port",
         "name",
-        "packets_dropped",
         "packets_foreign",
-        "packets_in",
-        "packets_out",
-        "peer",
-        "remote",
         "sock",
     )
 
     def __init__(self, name: str, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         self.name = name
         self.sock = sock
+        self._fd = sock.fileno()
         self.local_port: int = sock.getsockname()[1]
         self._loop = loop
-        self._time: Callable[[], float] = loop.time
+        self._time = loop.time
         self._sendto: SendTo = sock.sendto
-        self._transport: asyncio.DatagramTransport | None = None
         self.closed: asyncio.Future[None] = loop.create_future()
         self.peer: MediaLeg = self  # set by the bridge
         # Where to send, and the one source we take RTP from (None: not latched).
@@ -323,8 +295,9 @@ class MediaLeg(asyncio.DatagramProtocol):
         self._ssrc = secrets.randbits(32)
         self._init_seq = secrets.randbits(16)  # "last sent" before anything was sent
         self._init_ts = secrets.randbits(32)
-        self._last_out: bytes | bytearray | None = None  # the last packet sent
-        self._last_tx: float | None = None
+        self._out_seq = -1  # sequence number and timestamp of the last packet sent (-1: none)
+        self._out_ts = 0
+        self._last_tx = None
         self._src = _SRC_NONE
         self._seq_off = 0
         self._ts_off = 0
@@ -486,24 +459,12 @@ class MediaLeg(asyncio.DatagramProtocol):
         else:
             self._xlate = None
 
-    # -- asyncio protocol --------------------------------------------------------------
+    # -- receiving ---------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # cast, not isinstance: uvloop's transports do not subclass asyncio's
-        self._transport = cast(asyncio.DatagramTransport, transport)
+    # ``_readable()`` (RelayCore, C) is the loop's reader callback for the socket: it relays
+    # the usual datagrams itself and hands every other one to datagram_received.
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_ringback()
-        self._forward = False
-        self._sending = False
-        self._record_to(None)
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def error_received(self, exc: Exception) -> None:  # ICMP errors: nothing to do
-        pass
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:  # the hot path
+    def datagram_received(self, data: bytes, addr: Any) -> None:  # the rules, in Python
         if self._unprotect is not None:  # SRTP: only authentic packets go any further
             if len(data) > 1 and 200 <= data[1] <= 204:  # SRTCP, rtcp-mux (RFC 5761 §4)
                 self._srtcp(data)
@@ -551,40 +512,18 @@ class MediaLeg(asyncio.DatagramProtocol):
         if ssrc != peer._src:
             peer._switch(ssrc, seq, ts, now)
         tbl = self._xlate
+        oseq = (seq + peer._seq_off) & 0xFFFF
+        ots = (ts + peer._ts_off) & 0xFFFFFFFF
         if tbl is None and start == 12 and end == n:
             out: bytes | bytearray = bytearray(data)
-            _pack_into(
-                out,
-                1,
-                (b1 & 0x80) | peer._mark | peer._audio_pt,
-                (seq + peer._seq_off) & 0xFFFF,
-                (ts + peer._ts_off) & 0xFFFFFFFF,
-                peer._ssrc,
-            )
+            _pack_into(out, 1, (b1 & 0x80) | peer._mark | peer._audio_pt, oseq, ots, peer._ssrc)
         else:
             payload = data[start:end]
             if tbl is not None:
                 payload = payload.translate(tbl)
-            out = (
-                _pack(
-                    0x80,
-                    (b1 & 0x80) | peer._mark | peer._audio_pt,
-                    (seq + peer._seq_off) & 0xFFFF,
-                    (ts + peer._ts_off) & 0xFFFFFFFF,
-                    peer._ssrc,
-                )
-                + payload
-            )
-        peer._mark = 0
-        peer._last_out = out
-        peer._last_tx = now
-        try:
-            # ignore: peer._sending is only true once peer.remote is set
-            peer._sendto(out, peer.remote)  # type: ignore[arg-type]
-        except OSError:  # full socket buffer and the like: RTP is loss-tolerant
-            peer.packets_dropped += 1
-            return
-        peer.packets_out += 1
+            out = _pack(0x80, (b1 & 0x80) | peer._mark | peer._audio_pt, oseq, ots, peer._ssrc)
+            out += payload
+        peer._send(out, oseq, ots, now)
 
     def _srtcp(self, data: bytes) -> None:
         """SRTCP on the RTP port: authenticated (a forgery is counted), then dropped."""
@@ -642,17 +581,15 @@ class MediaLeg(asyncio.DatagramProtocol):
         if tbl is not None:
             payload = payload.translate(tbl)
         out = _pack(0x80, (b1 & 0x80) | peer._mark | out_pt, oseq, ots, peer._ssrc) + payload
-        peer._send(out, now)
+        peer._send(out, oseq, ots, now)
 
     # -- outgoing stream ---------------------------------------------------------------
 
     def _last_seq_ts(self) -> tuple[int, int]:
         """Sequence number and timestamp of the last packet sent (or the random start)."""
-        last = self._last_out
-        if last is None:
+        if self._out_seq < 0:
             return self._init_seq, self._init_ts
-        _, _, seq, ts, _ = _unpack(last)
-        return seq, ts
+        return self._out_seq, self._out_ts
 
     def _switch(self, src: int, seq: int, ts: int, now: float) -> None:
         """A new source feeds this leg: continue seq by one and ts by elapsed time."""
@@ -666,9 +603,10 @@ class MediaLeg(asyncio.DatagramProtocol):
         self._src = src
         self._mark = 0x80
 
-    def _send(self, out: bytes | bytearray, now: float) -> None:
+    def _send(self, out: bytes | bytearray, seq: int, ts: int, now: float) -> None:
         self._mark = 0
-        self._last_out = out
+        self._out_seq = seq
+        self._out_ts = ts
         self._last_tx = now
         try:
             # ignore: _send runs only while _sending, which implies remote is set
@@ -727,11 +665,10 @@ class MediaLeg(asyncio.DatagramProtocol):
                 seq, ts = self._last_seq_ts()
                 seq += 1
                 ts += FRAME_SAMPLES
-            out = (
-                _pack(0x80, self._mark | self._audio_pt, seq & 0xFFFF, ts & 0xFFFFFFFF, self._ssrc)
-                + payload
-            )
-            self._send(out, now)
+            seq &= 0xFFFF
+            ts &= 0xFFFFFFFF
+            out = _pack(0x80, self._mark | self._audio_pt, seq, ts, self._ssrc) + payload
+            self._send(out, seq, ts, now)
         elif self._src == _SRC_RINGBACK:
             self._src = _SRC_RESYNC  # not sent: re-base when we send again
         self._rb_next += PTIME
@@ -747,12 +684,13 @@ class MediaLeg(asyncio.DatagramProtocol):
         self._forward = False
         self._sending = False
         self._record_to(None)
-        if self._transport is not None:
-            self._transport.close()
-        else:
-            self.sock.close()
-            if not self.closed.done():
-                self.closed.set_result(None)
+        if self._fd >= 0:
+            with contextlib.suppress(ValueError, OSError):  # no reader: never opened
+                self._loop.remove_reader(self._fd)
+            self._fd = -1  # what _readable() checks between datagrams
+        self.sock.close()
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class Bridge:
@@ -789,11 +727,14 @@ class Bridge:
             for name in ("A", "B"):
                 sock = allocator.allocate(host)
                 socks.append(sock)
+                sock.setblocking(False)
                 leg = MediaLeg(name, sock, loop)
-                await loop.create_datagram_endpoint(_returns(leg), sock=sock)
-                _exclusive(sock)
                 legs.append(leg)
+                loop.add_reader(sock.fileno(), leg._readable)
+                _exclusive(sock)
         except BaseException:
+            for leg in legs:
+                leg._close()  # its reader off the loop
             for sock in socks:
                 port = sock.getsockname()[1]
                 sock.close()
