@@ -29,6 +29,7 @@ TCP fail under ``sipdialer serve``).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 from collections.abc import Callable
@@ -203,15 +204,28 @@ class SipTransport:
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         host, port = self.listen
-        udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
-        self._udp = udp
-        port = udp.get_extra_info("sockname")[1]
-        try:
-            self._servers.append(
-                await loop.create_server(
-                    lambda: _Stream(self, "TCP"), host, port, reuse_address=True
-                )
+        # Port 0: the kernel picks a free UDP port, and TCP listens on the same number; that
+        # number may be some TCP connection's local port already (a busy machine's ephemeral
+        # ports): then pick another, a few times.
+        for attempt in range(8 if port == 0 else 1):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(host, port)
             )
+            udp_port = udp.get_extra_info("sockname")[1]
+            try:
+                tcp = await loop.create_server(
+                    lambda: _Stream(self, "TCP"), host, udp_port, reuse_address=True
+                )
+            except OSError as exc:
+                udp.close()
+                if exc.errno != errno.EADDRINUSE or attempt == 7 or port != 0:
+                    raise
+                continue
+            break
+        self._udp = udp
+        self._servers.append(tcp)
+        port = udp_port
+        try:
             if self.tls_listen is not None:
                 if self.server_tls is None:
                     raise ValueError("tls_listen needs a server TLS context (certificate, key)")

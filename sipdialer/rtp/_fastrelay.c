@@ -1,6 +1,18 @@
-/* sipdialer.rtp._fastrelay: the relay's per-packet fast path, in C.
+/* sipdialer.rtp._fastrelay: the relay's per-packet fast path, and the recorder's queue, in C.
  *
- * Owns one thing: ``RelayCore``, the C base class of ``sipdialer.rtp.relay.MediaLeg``.
+ * Owns two types and two helpers:
+ *
+ *   * ``RelayCore``, the C base class of ``sipdialer.rtp.relay.MediaLeg`` (below);
+ *   * ``PendingPayloads``, a recorder channel's packets since its last flush: payload bytes
+ *     back to back in one buffer, and per packet its length, arrival and codec, bounded in
+ *     count (PENDING_PACKETS, the oldest go) and in payload bytes (PENDING_BYTES until the
+ *     next take(), newcomers refused) -- the bounds and rules of
+ *     ``sipdialer.rtp.recorder`` (its docstring); ``take()`` hands the flush everything
+ *     at once, already G.711-decoded with the decoding tables ``configure()`` was given
+ *     (``sipdialer.rtp.g711``'s), so a flush does no work per packet in Python;
+ *   * ``interleave(left, right, n)``: two int16 channels into one stereo block.
+ *
+ * ``RelayCore``:
  * It holds the leg's hot state as C members (the same names the Python code reads and
  * writes: counters, the latched source, where to send, the outgoing stream's offsets, the
  * recorder's queue) and ``_readable()``, the callback the event loop calls when the leg's
@@ -46,8 +58,397 @@
 /* A datagram larger than this is truncated by the kernel: dropped and counted. No G.711
  * RTP packet comes near it (200 ms of audio is 1,612 bytes). */
 #define SLOT 4096
-/* sipdialer.rtp.recorder.MAX_PAYLOAD */
+/* sipdialer.rtp.recorder's MAX_PAYLOAD, PENDING_BYTES and PENDING_PACKETS (it checks) */
 #define MAX_PAYLOAD 1600
+#define PENDING_BYTES 32000
+#define PENDING_PACKETS 512
+
+/* -- the recorder channel's queue ------------------------------------------------------ */
+
+enum { CODEC_PCMU = 0, CODEC_PCMA = 1, CODEC_OTHER = 2, CODEC_REFUSED = 3 };
+
+typedef struct {
+    double arrival;
+    uint32_t off; /* in buf */
+    uint16_t len;
+    uint8_t codec;
+} Item;
+
+typedef struct {
+    PyObject_HEAD
+    unsigned char *buf; /* accepted payloads back to back since the last take() */
+    Py_ssize_t buf_cap, used;
+    Item *items;        /* a ring of at most PENDING_PACKETS */
+    int items_cap, head, count;
+    long room;          /* payload bytes still accepted before the next take() */
+    long long oversize, overflow;
+} PendingPayloads;
+
+static PyTypeObject PendingPayloadsType;
+static int16_t decode_table[2][256];
+static int tables_set;
+
+static int
+codec_code(PyObject *name)
+{
+    if (PyUnicode_Check(name)) {
+        if (PyUnicode_CompareWithASCIIString(name, "PCMU") == 0) return CODEC_PCMU;
+        if (PyUnicode_CompareWithASCIIString(name, "PCMA") == 0) return CODEC_PCMA;
+    }
+    return CODEC_OTHER;
+}
+
+/* Room for one more item: the oldest goes once PENDING_PACKETS are held. -1: no memory. */
+static Item *
+next_item(PendingPayloads *q)
+{
+    if (q->count == PENDING_PACKETS) { /* items_cap == PENDING_PACKETS here */
+        q->head = (q->head + 1) % q->items_cap;
+        q->count--;
+    } else if (q->count == q->items_cap) {
+        int cap = q->items_cap ? q->items_cap * 2 : 64;
+        if (cap > PENDING_PACKETS) cap = PENDING_PACKETS;
+        Item *items = PyMem_Malloc(sizeof(Item) * (size_t)cap);
+        if (items == NULL) { PyErr_NoMemory(); return NULL; }
+        for (int i = 0; i < q->count; i++) items[i] = q->items[(q->head + i) % q->items_cap];
+        PyMem_Free(q->items);
+        q->items = items;
+        q->items_cap = cap;
+        q->head = 0;
+    }
+    Item *it = &q->items[(q->head + q->count) % q->items_cap];
+    q->count++;
+    return it;
+}
+
+/* Queue an accepted payload (the caller checked m <= room and m <= MAX_PAYLOAD). */
+static int
+queue_payload(PendingPayloads *q, const unsigned char *payload, Py_ssize_t m, int codec,
+              double arrival)
+{
+    if (q->used + m > q->buf_cap) {
+        Py_ssize_t cap = q->buf_cap ? q->buf_cap : 2048;
+        while (cap < q->used + m) cap *= 2;
+        if (cap > PENDING_BYTES) cap = PENDING_BYTES; /* used + m <= PENDING_BYTES */
+        unsigned char *buf = PyMem_Realloc(q->buf, (size_t)cap);
+        if (buf == NULL) { PyErr_NoMemory(); return -1; }
+        q->buf = buf;
+        q->buf_cap = cap;
+    }
+    Item *it = next_item(q);
+    if (it == NULL) return -1;
+    memcpy(q->buf + q->used, payload, (size_t)m);
+    it->off = (uint32_t)q->used;
+    it->len = (uint16_t)m;
+    it->codec = (uint8_t)codec;
+    it->arrival = arrival;
+    q->used += m;
+    q->room -= (long)m;
+    return 0;
+}
+
+static int
+queue_refused(PendingPayloads *q, Py_ssize_t m)
+{
+    if (m > MAX_PAYLOAD) q->oversize++;
+    else q->overflow++;
+    Item *it = next_item(q);
+    if (it == NULL) return -1;
+    it->off = 0;
+    it->len = 0;
+    it->codec = CODEC_REFUSED;
+    it->arrival = 0.0;
+    return 0;
+}
+
+static PyObject *
+pp_feed(PendingPayloads *q, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "feed(payload, codec, arrival)");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    double arrival = PyFloat_AsDouble(args[2]);
+    int rc;
+    if (arrival == -1.0 && PyErr_Occurred()) rc = -1;
+    else if (view.len <= q->room && view.len <= MAX_PAYLOAD)
+        rc = queue_payload(q, view.buf, view.len, codec_code(args[1]), arrival);
+    else
+        rc = queue_refused(q, view.len);
+    PyBuffer_Release(&view);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+pp_refuse(PendingPayloads *q, PyObject *arg)
+{
+    Py_ssize_t m = PyLong_AsSsize_t(arg);
+    if (m == -1 && PyErr_Occurred()) return NULL;
+    if (queue_refused(q, m) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static void
+pp_reset(PendingPayloads *q)
+{
+    q->used = 0;
+    q->head = 0;
+    q->count = 0;
+    q->room = PENDING_BYTES;
+}
+
+static PyObject *
+pp_take(PendingPayloads *q, PyObject *Py_UNUSED(ignored))
+{
+    if (!tables_set) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastrelay.configure() was not called");
+        return NULL;
+    }
+    Py_ssize_t kept = 0, samples = 0;
+    for (int i = 0; i < q->count; i++) {
+        const Item *it = &q->items[(q->head + i) % q->items_cap];
+        if (it->len) { kept++; samples += it->len; }
+    }
+    if (kept == 0) {
+        pp_reset(q);
+        Py_RETURN_NONE;
+    }
+    PyObject *pcm = PyBytes_FromStringAndSize(NULL, samples * 2);
+    PyObject *lengths = PyBytes_FromStringAndSize(NULL, kept * (Py_ssize_t)sizeof(int64_t));
+    PyObject *arrivals = PyBytes_FromStringAndSize(NULL, kept * (Py_ssize_t)sizeof(double));
+    if (pcm == NULL || lengths == NULL || arrivals == NULL) {
+        Py_XDECREF(pcm);
+        Py_XDECREF(lengths);
+        Py_XDECREF(arrivals);
+        return NULL;
+    }
+    int16_t *out = (int16_t *)PyBytes_AS_STRING(pcm);
+    int64_t *lens = (int64_t *)PyBytes_AS_STRING(lengths);
+    double *arr = (double *)PyBytes_AS_STRING(arrivals);
+    Py_ssize_t k = 0;
+    for (int i = 0; i < q->count; i++) {
+        const Item *it = &q->items[(q->head + i) % q->items_cap];
+        if (!it->len) continue;
+        const unsigned char *src = q->buf + it->off;
+        if (it->codec <= CODEC_PCMA) {
+            const int16_t *tbl = decode_table[it->codec];
+            for (int j = 0; j < it->len; j++) out[j] = tbl[src[j]];
+        } else {
+            memset(out, 0, (size_t)it->len * 2); /* not G.711: the time it covers, silent */
+        }
+        out += it->len;
+        lens[k] = it->len;
+        arr[k] = it->arrival;
+        k++;
+    }
+    pp_reset(q);
+    PyObject *result = PyTuple_Pack(3, pcm, lengths, arrivals);
+    Py_DECREF(pcm);
+    Py_DECREF(lengths);
+    Py_DECREF(arrivals);
+    return result;
+}
+
+static const char *
+codec_name(int code)
+{
+    switch (code) {
+    case CODEC_PCMU: return "PCMU";
+    case CODEC_PCMA: return "PCMA";
+    case CODEC_OTHER: return "?";
+    default: return "";
+    }
+}
+
+/* payloads, codecs or arrivals of the items held, oldest first */
+static PyObject *
+pp_list(PendingPayloads *q, int what)
+{
+    PyObject *list = PyList_New(q->count);
+    if (list == NULL) return NULL;
+    for (int i = 0; i < q->count; i++) {
+        const Item *it = &q->items[(q->head + i) % q->items_cap];
+        PyObject *v;
+        if (what == 0) v = PyBytes_FromStringAndSize((const char *)q->buf + it->off, it->len);
+        else if (what == 1) v = PyUnicode_FromString(codec_name(it->codec));
+        else v = PyFloat_FromDouble(it->arrival);
+        if (v == NULL) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list;
+}
+
+static PyObject *
+pp_iter(PendingPayloads *q)
+{
+    PyObject *list = pp_list(q, 0);
+    if (list == NULL) return NULL;
+    PyObject *it = PyObject_GetIter(list);
+    Py_DECREF(list);
+    return it;
+}
+
+static Py_ssize_t
+pp_len(PendingPayloads *q)
+{
+    return q->count;
+}
+
+static PyObject *
+pp_codecs(PendingPayloads *q, void *c)
+{
+    return pp_list(q, 1);
+}
+
+static PyObject *
+pp_arrivals(PendingPayloads *q, void *c)
+{
+    return pp_list(q, 2);
+}
+
+static PyObject *
+pp_nbytes(PendingPayloads *q, void *c)
+{
+    long long n = 0;
+    for (int i = 0; i < q->count; i++) n += q->items[(q->head + i) % q->items_cap].len;
+    return PyLong_FromLongLong(n);
+}
+
+static PyObject *
+pp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "PendingPayloads() takes no arguments");
+        return NULL;
+    }
+    PendingPayloads *q = (PendingPayloads *)type->tp_alloc(type, 0);
+    if (q != NULL) q->room = PENDING_BYTES;
+    return (PyObject *)q;
+}
+
+static void
+pp_dealloc(PendingPayloads *q)
+{
+    PyMem_Free(q->buf);
+    PyMem_Free(q->items);
+    Py_TYPE(q)->tp_free((PyObject *)q);
+}
+
+static PyMethodDef pp_methods[] = {
+    {"feed", (PyCFunction)(void (*)(void))pp_feed, METH_FASTCALL,
+     "feed(payload, codec, arrival): queue one payload ('PCMU'/'PCMA') or refuse it"},
+    {"refuse", (PyCFunction)pp_refuse, METH_O,
+     "refuse(m): count a payload of m bytes not kept (it still takes its place in the count)"},
+    {"take", (PyCFunction)pp_take, METH_NOARGS,
+     "Everything held, and empty the queue: None if no audio, else (int16 samples decoded "
+     "back to back, int64 lengths, float64 arrivals) as bytes, one length and arrival per "
+     "packet kept (refused ones left out)."},
+    {NULL}
+};
+
+static PyMemberDef pp_members[] = {
+    {"room", T_LONG, offsetof(PendingPayloads, room), READONLY,
+     "payload bytes still accepted before the next take()"},
+    {"oversize", T_LONGLONG, offsetof(PendingPayloads, oversize), READONLY,
+     "packets refused for their size"},
+    {"overflow", T_LONGLONG, offsetof(PendingPayloads, overflow), READONLY,
+     "packets refused because the channel's buffer was full"},
+    {NULL}
+};
+
+static PyGetSetDef pp_getset[] = {
+    {"codecs", (getter)pp_codecs, NULL, "codec names of the packets held, oldest first", NULL},
+    {"arrivals", (getter)pp_arrivals, NULL, "arrival times of the packets held", NULL},
+    {"nbytes", (getter)pp_nbytes, NULL, "payload bytes held", NULL},
+    {NULL}
+};
+
+static PySequenceMethods pp_as_sequence = {.sq_length = (lenfunc)pp_len};
+
+static PyTypeObject PendingPayloadsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sipdialer.rtp._fastrelay.PendingPayloads",
+    .tp_basicsize = sizeof(PendingPayloads),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A recorder channel's packets since its last flush, bounded (see the module).",
+    .tp_new = pp_new,
+    .tp_dealloc = (destructor)pp_dealloc,
+    .tp_iter = (getiterfunc)pp_iter,
+    .tp_as_sequence = &pp_as_sequence,
+    .tp_methods = pp_methods,
+    .tp_members = pp_members,
+    .tp_getset = pp_getset,
+};
+
+/* configure(ulaw, alaw): the 256-entry int16 decoding tables, as bytes */
+static PyObject *
+mod_configure(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "configure(ulaw_table, alaw_table)");
+        return NULL;
+    }
+    for (int t = 0; t < 2; t++) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(args[t], &view, PyBUF_SIMPLE) < 0) return NULL;
+        if (view.len != 512) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_ValueError, "a decoding table is 256 int16 values");
+            return NULL;
+        }
+        memcpy(decode_table[t], view.buf, 512);
+        PyBuffer_Release(&view);
+    }
+    tables_set = 1;
+    Py_RETURN_NONE;
+}
+
+/* interleave(left, right, n): n stereo int16 frames as bytes, each channel's samples from
+ * its buffer (int16), silence past its end */
+static PyObject *
+mod_interleave(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "interleave(left, right, n)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "n must not be negative");
+        return NULL;
+    }
+    Py_buffer a, b;
+    if (PyObject_GetBuffer(args[0], &a, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &b, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&a);
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 4);
+    if (out != NULL) {
+        int16_t *o = (int16_t *)PyBytes_AS_STRING(out);
+        const int16_t *l = a.buf, *r = b.buf;
+        Py_ssize_t nl = a.len / 2, nr = b.len / 2;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            o[2 * i] = i < nl ? l[i] : 0;
+            o[2 * i + 1] = i < nr ? r[i] : 0;
+        }
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))mod_configure, METH_FASTCALL,
+     "configure(ulaw, alaw): the G.711 decoding tables (256 int16 each, as bytes) take() uses"},
+    {"interleave", (PyCFunction)(void (*)(void))mod_interleave, METH_FASTCALL,
+     "interleave(left, right, n): n stereo int16 frames (bytes); past a channel's end, 0"},
+    {NULL}
+};
 
 typedef struct RelayCore {
     PyObject_HEAD
@@ -84,7 +485,7 @@ typedef struct RelayCore {
 } RelayCore;
 
 static PyTypeObject RelayCoreType;
-static PyObject *str_room, *str_push_name, *str_datagram_received;
+static PyObject *str_datagram_received;
 
 /* (host, port) or (host, port, flowinfo, scope_id) -> sockaddr; 0 if not an IP literal. */
 static socklen_t
@@ -232,44 +633,6 @@ static PyGetSetDef core_getset[] = {
 
 /* -- the fast path --------------------------------------------------------------------- */
 
-/* Queue a payload for the recorder: PendingPayloads.feed's accepted branch. 0 or -1. */
-static int
-record(RelayCore *self, const unsigned char *payload, Py_ssize_t m, PyObject *now, long room)
-{
-    PyObject *rec = self->rec;
-    PyObject *r = PyLong_FromLong(room - (long)m);
-    if (r == NULL) return -1;
-    int rc = PyObject_SetAttr(rec, str_room, r);
-    Py_DECREF(r);
-    if (rc < 0) return -1;
-    PyObject *data = PyBytes_FromStringAndSize((const char *)payload, m);
-    if (data == NULL) return -1;
-    PyObject *item = PyTuple_Pack(3, data, now, self->audio_name);
-    Py_DECREF(data);
-    if (item == NULL) return -1;
-    PyObject *push = PyObject_GetAttr(rec, str_push_name);
-    if (push == NULL) { Py_DECREF(item); return -1; }
-    PyObject *res = PyObject_CallOneArg(push, item);
-    Py_DECREF(push);
-    Py_DECREF(item);
-    if (res == NULL) return -1;
-    Py_DECREF(res);
-    return 0;
-}
-
-/* The recorder's room, or -1 if it cannot take ``m`` bytes (the Python path refuses it). */
-static long
-room_for(RelayCore *self, Py_ssize_t m)
-{
-    PyObject *r = PyObject_GetAttr(self->rec, str_room);
-    if (r == NULL) { PyErr_Clear(); return -1; }
-    long room = PyLong_AsLong(r);
-    Py_DECREF(r);
-    if (room == -1 && PyErr_Occurred()) { PyErr_Clear(); return -1; }
-    if (m > room || m > MAX_PAYLOAD) return -1;
-    return room;
-}
-
 /* Take one datagram the fast way if it is the usual case. 1: done; 0: not the usual case
  * (nothing changed); -1: a Python error. */
 static int
@@ -289,16 +652,20 @@ fast(RelayCore *self, unsigned char *buf, Py_ssize_t n, const struct sockaddr_st
     if (fwd && (peer->rb_handle != Py_None || peer->srtp_tx != Py_None ||
                 (long long)ssrc != peer->src || peer->remote_len == 0 || peer->fd < 0))
         return 0;
-    long room = 0;
     Py_ssize_t m = n - 12;
-    int recording = self->rec != Py_None;
-    if (recording && (room = room_for(self, m)) < 0) return 0;
+    PendingPayloads *rec = NULL;
+    if (self->rec != Py_None) {
+        if (Py_TYPE(self->rec) != &PendingPayloadsType) return 0;
+        rec = (PendingPayloads *)self->rec;
+        if (m > rec->room || m > MAX_PAYLOAD) return 0; /* refused: the Python path counts */
+    }
     /* from here on the datagram is ours */
     self->packets_in++;
     self->bytes_in += n;
     self->last_rx = t;
     self->fast_packets++;
-    if (recording && record(self, buf + 12, m, now, room) < 0) return -1;
+    if (rec != NULL && queue_payload(rec, buf + 12, m, codec_code(self->audio_name), t) < 0)
+        return -1;
     if (!fwd) return 1;
     uint16_t seq = (uint16_t)((buf[2] << 8) | buf[3]);
     uint32_t ts = ((uint32_t)buf[4] << 24) | ((uint32_t)buf[5] << 16) |
@@ -492,24 +859,27 @@ static struct PyModuleDef module = {
     .m_name = "sipdialer.rtp._fastrelay",
     .m_doc = "The relay's per-packet fast path (see the comment at the top of the C file).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC
 PyInit__fastrelay(void)
 {
-    str_room = PyUnicode_InternFromString("room");
-    str_push_name = PyUnicode_InternFromString("push");
     str_datagram_received = PyUnicode_InternFromString("datagram_received");
-    if (!str_room || !str_push_name || !str_datagram_received) return NULL;
-    if (PyType_Ready(&RelayCoreType) < 0) return NULL;
+    if (!str_datagram_received) return NULL;
+    if (PyType_Ready(&RelayCoreType) < 0 || PyType_Ready(&PendingPayloadsType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "RelayCore", (PyObject *)&RelayCoreType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
-    if (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 ||
-        PyModule_AddIntConstant(m, "SLOT", SLOT) < 0) {
+    if (PyModule_AddObjectRef(m, "PendingPayloads", (PyObject *)&PendingPayloadsType) < 0 ||
+        PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 ||
+        PyModule_AddIntConstant(m, "SLOT", SLOT) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_PAYLOAD", MAX_PAYLOAD) < 0 ||
+        PyModule_AddIntConstant(m, "PENDING_BYTES", PENDING_BYTES) < 0 ||
+        PyModule_AddIntConstant(m, "PENDING_PACKETS", PENDING_PACKETS) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,6 +1,6 @@
 """Types of the C extension ``sipdialer.rtp._fastrelay`` (see ``_fastrelay.c``)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 BATCH: int
@@ -30,7 +30,7 @@ class RelayCore:
     _rb_handle: Any
     _unprotect: Callable[[bytes], bytes | None] | None
     _srtp_tx: Any
-    _rec: Any
+    _rec: PendingPayloads | None
     _audio_name: str
     _xlate: bytes | None
     peer: RelayCore
@@ -38,3 +38,28 @@ class RelayCore:
     _source: tuple[Any, ...] | None
     remote: tuple[Any, ...] | None
     def _readable(self) -> None: ...
+
+MAX_PAYLOAD: int
+PENDING_BYTES: int
+PENDING_PACKETS: int
+
+class PendingPayloads:
+    """A recorder channel's packets since its last flush (bounded; see the C file)."""
+
+    room: int
+    oversize: int
+    overflow: int
+    def feed(self, payload: bytes, codec: str, arrival: float) -> None: ...
+    def refuse(self, m: int) -> None: ...
+    def take(self) -> tuple[bytes, bytes, bytes] | None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[bytes]: ...
+    @property
+    def codecs(self) -> list[str]: ...
+    @property
+    def arrivals(self) -> list[float]: ...
+    @property
+    def nbytes(self) -> int: ...
+
+def configure(ulaw: bytes, alaw: bytes) -> None: ...
+def interleave(left: Any, right: Any, n: int) -> bytes: ...  # int16 buffers (numpy arrays)

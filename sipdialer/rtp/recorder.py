@@ -5,17 +5,18 @@ recordings directory (:class:`RecordingsDisk`). Format: RIFF/WAVE, PCM 16-bit, 8
 channels, **A (agent) left, B (callee) right**, a plain 44-byte header followed by the
 ``data`` chunk.
 
-*Cheap, bounded feeding.* The relay queues each recorded packet as one ``(payload, arrival,
-codec)`` tuple in its channel's :class:`PendingPayloads` (:meth:`Recorder.feed_a` /
-:meth:`Recorder.feed_b` do the same through :meth:`PendingPayloads.feed`): one C ``deque``
+*Cheap, bounded feeding.* Each recorded packet's payload, arrival and codec go into its
+channel's :class:`PendingPayloads` (a C type, :mod:`sipdialer.rtp._fastrelay`: the payloads
+back to back in one buffer, a small record per packet; the relay's C fast path copies into
+it directly, :meth:`Recorder.feed_a` / :meth:`Recorder.feed_b` go through its ``feed``),
 bounded at :data:`PENDING_PACKETS` (more packets than that between two flushes push the
 oldest out). A payload is kept only if it is at most :data:`MAX_PAYLOAD` bytes (200 ms of
 G.711; a longer one is *oversize*) and fits in the channel's :data:`PENDING_BYTES` until the
-next flush (else *overflow*); a refused payload is counted and queued empty. The relay
-inlines that check (two comparisons, a subtraction and the deque's C ``append``: no Python
-call per recorded packet); it makes the recorder's memory a hard cap whatever a peer
-sends: at most :data:`BUFFER_CAP` bytes of audio per call (:attr:`Recorder.buffered_bytes`).
-Decoding (one numpy table lookup over the joined payloads), placing and writing happen in
+next flush (else *overflow*); a refused payload is counted and takes its place in the count
+bound with no audio. That makes the recorder's memory a hard cap whatever a peer sends: at
+most :data:`BUFFER_CAP` bytes of audio per call (:attr:`Recorder.buffered_bytes`). Decoding
+(in C, by the queue's ``take``, with :mod:`sipdialer.rtp.g711`'s tables), placing (one
+vectorised check for the usual case) and interleaving (in C) happen in
 :meth:`Recorder.flush`, which the *owner* calls about every :data:`FLUSH_INTERVAL`
 seconds, so this class needs no event loop and tests drive it with explicit times. A
 crash loses at most the last interval (plus the hold-back and a block in flight).
@@ -97,15 +98,14 @@ import secrets
 import struct
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from math import floor
-from operator import itemgetter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from sipdialer.rtp import _fastrelay
+from sipdialer.rtp._fastrelay import PendingPayloads, configure, interleave
 from sipdialer.rtp.g711 import ALAW_DECODE, ULAW_DECODE
 
 __all__ = [
@@ -164,8 +164,15 @@ log = logging.getLogger("sipdialer.rtp")
 
 _DECODE: dict[str, npt.NDArray[np.int16]] = {"PCMU": ULAW_DECODE, "PCMA": ALAW_DECODE}
 _EMPTY = np.zeros(0, dtype=np.int16)
-_first = itemgetter(0)
-_REFUSED = (b"", 0.0, "")  # a refused packet's place in a channel's queue
+
+# the C queue decodes with these tables and enforces these bounds
+configure(ULAW_DECODE.astype("=i2").tobytes(), ALAW_DECODE.astype("=i2").tobytes())
+if (_fastrelay.MAX_PAYLOAD, _fastrelay.PENDING_BYTES, _fastrelay.PENDING_PACKETS) != (
+    MAX_PAYLOAD,
+    PENDING_BYTES,
+    PENDING_PACKETS,
+):  # pragma: no cover - a build of _fastrelay.c out of step with this module
+    raise ImportError("sipdialer.rtp._fastrelay was built with other recorder bounds")
 
 
 def _header(data_bytes: int) -> bytes:
@@ -248,65 +255,6 @@ def recordings_disk(directory: str | os.PathLike[str]) -> RecordingsDisk:
         return disk
 
 
-class PendingPayloads:
-    """A channel's packets since the last flush, ``(payload, arrival, codec)`` tuples in one
-    C ``deque``, bounded in count (:data:`PENDING_PACKETS`, the oldest go) and in payload
-    bytes (:data:`PENDING_BYTES`, newcomers are refused) until the next :meth:`take`.
-
-    :meth:`feed` is the checked append. The relay inlines the same check per packet (so a
-    recorded packet costs it one C call, not a Python one): a payload of ``m`` bytes is
-    taken when ``m <= room and m <= MAX_PAYLOAD`` — then ``room -= m`` and ``push((payload,
-    arrival, codec))`` — else :meth:`refuse` counts it. ``push`` is the deque's own
-    ``append`` and ``items`` is never rebound.
-    """
-
-    __slots__ = ("items", "overflow", "oversize", "push", "room")
-
-    def __init__(self) -> None:
-        self.items: deque[tuple[bytes, float, str]] = deque(maxlen=PENDING_PACKETS)
-        self.push = self.items.append
-        self.room = PENDING_BYTES  # payload bytes still accepted before the next take()
-        self.oversize = 0  # packets refused for their size
-        self.overflow = 0  # packets refused because the channel's buffer was full
-
-    def feed(self, payload: bytes, codec: str, arrival: float) -> None:
-        """Queue one payload (``"PCMU"``/``"PCMA"``) received at ``arrival``, or refuse it."""
-        m = len(payload)
-        if m <= self.room and m <= MAX_PAYLOAD:
-            self.room -= m
-            self.push((payload, arrival, codec))
-        else:
-            self.refuse(m)
-
-    def refuse(self, m: int) -> None:
-        """Count a payload of ``m`` bytes that is not kept; it still takes its place in the
-        count bound (as an empty payload, which :meth:`Recorder.flush` skips), so a flood
-        pushes out what came before it just as accepted packets would."""
-        if m > MAX_PAYLOAD:
-            self.oversize += 1
-        else:
-            self.overflow += 1
-        self.push(_REFUSED)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return (item[0] for item in self.items)
-
-    @property
-    def nbytes(self) -> int:
-        """Payload bytes held."""
-        return sum(len(item[0]) for item in self.items)
-
-    def take(self) -> list[tuple[bytes, float, str]]:
-        """Everything held (and empty the queue)."""
-        out = list(self.items)
-        self.items.clear()
-        self.room = PENDING_BYTES
-        return out
-
-
 class Channel:
     """One side: packets not yet placed (:attr:`payloads`), and the placed samples not yet
     written.
@@ -326,35 +274,17 @@ class Channel:
 
     @property
     def codecs(self) -> list[str]:
-        """The codec names of the packets held, oldest first."""
-        return [item[2] for item in self.payloads.items]
+        """The codec names of the packets held, oldest first ("" for a refused one)."""
+        return self.payloads.codecs
 
     @property
     def arrivals(self) -> list[float]:
         """The arrival times of the packets held, oldest first."""
-        return [item[1] for item in self.payloads.items]
+        return self.payloads.arrivals
 
     @property
     def buffered_bytes(self) -> int:
         return self.payloads.nbytes + self.tail.nbytes
-
-
-def _decode_items(payloads: Sequence[bytes], codecs: Sequence[str]) -> npt.NDArray[np.int16]:
-    """All payloads decoded back to back (one sample per byte)."""
-    codec = codecs[0]
-    table = _DECODE.get(codec)
-    if table is not None and codecs.count(codec) == len(codecs):
-        # mode="clip": a byte always indexes the 256-entry table; numpy then skips its
-        # bounds check with error path (~10 % faster, the same result)
-        return table.take(np.frombuffer(b"".join(payloads), dtype=np.uint8), mode="clip")
-    parts = []
-    for payload, name in zip(payloads, codecs, strict=True):
-        table = _DECODE.get(name)
-        if table is None:  # not G.711: keep the time it covers, as silence
-            parts.append(np.zeros(len(payload), dtype=np.int16))
-        else:
-            parts.append(table.take(np.frombuffer(payload, dtype=np.uint8), mode="clip"))
-    return np.concatenate(parts)
 
 
 class Recorder:
@@ -445,42 +375,29 @@ class Recorder:
 
     def _place(self, ch: Channel) -> None:
         """Decode the channel's pending packets and place them on its timeline."""
-        if not ch.payloads.items:
+        taken = ch.payloads.take()  # decoded in C, back to back; refused packets left out
+        if taken is None:
             return
-        items = ch.payloads.take()
-        if not all(map(_first, items)):  # empty payloads: no audio, no time
-            items = [item for item in items if item[0]]
-            if not items:
-                return
-        k = len(items)
-        payloads, arrivals, codecs = zip(*items, strict=True)
-        decoded = _decode_items(payloads, codecs)
+        decoded = np.frombuffer(taken[0], dtype=np.int16)
+        lengths = np.frombuffer(taken[1], dtype=np.int64)
+        # a packet's audio ends when it arrives (it was sent once complete)
+        ends = np.floor((np.frombuffer(taken[2], dtype=np.float64) - self.start) * RATE + 0.5)
         cursor = ch.cursor
-        start = self.start
         if not ch.idle:
-            # The usual case: appended back to back, no packet would leave its channel more
-            # than TOLERANCE behind or AHEAD past its arrival (a packet's audio ends when it
-            # arrives: it was sent once complete). Checked in plain Python: for a second's
-            # worth of packets that is cheaper than a dozen numpy calls.
-            end = cursor
-            for payload, arrival in zip(payloads, arrivals, strict=True):
-                end += len(payload)
-                lead = end - floor((arrival - start) * RATE + 0.5)
-                if lead > AHEAD or lead < -TOLERANCE:
-                    break
-            else:
+            # The usual case, checked for all packets at once: appended back to back, no
+            # packet would leave its channel more than TOLERANCE behind or AHEAD past its
+            # arrival.
+            lead = np.cumsum(lengths) + cursor - ends
+            if lead.max() <= AHEAD and lead.min() >= -TOLERANCE:
                 ch.tail = np.concatenate([ch.tail, decoded]) if len(ch.tail) else decoded
-                ch.cursor = end
+                ch.cursor = cursor + len(decoded)
                 return
-        lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=k)
-        ends = np.fromiter(arrivals, dtype=np.float64, count=k)
-        ends = np.floor((ends - start) * RATE + 0.5).astype(np.int64)
         pieces = [ch.tail]
         offset = 0  # index in ``decoded`` of the current packet's first sample
         run = 0  # start in ``decoded`` of the contiguous run not yet in ``pieces``
         idle = ch.idle
         excess = 0
-        for e, n in zip(ends.tolist(), lengths.tolist(), strict=True):
+        for e, n in zip(ends.astype(np.int64).tolist(), lengths.tolist(), strict=True):
             begin = e - n
             if begin - cursor > (0 if idle else TOLERANCE):  # a gap: silence, then the packet
                 if offset > run:
@@ -527,14 +444,11 @@ class Recorder:
                     ch.cursor = self._prepared
                 return None
         end = self._prepared + n
-        out = np.empty((n, CHANNELS), dtype=np.int16)
-        for col, ch in enumerate((self.a, self.b)):
-            k = min(n, len(ch.tail))
-            if k:
-                out[:k, col] = ch.tail[:k]
-                ch.tail = ch.tail[k:]
-            if k < n:
-                out[k:, col] = 0
+        # both channels' first n samples, silence past a channel's end, in one C pass
+        block = interleave(self.a.tail[:n], self.b.tail[:n], n)
+        out = np.frombuffer(block, dtype=np.int16).reshape(n, CHANNELS)
+        for ch in (self.a, self.b):
+            ch.tail = ch.tail[n:]
             if ch.cursor < end:
                 if end - ch.cursor > TOLERANCE:  # silent for a while: restart at arrival
                     ch.idle = True

@@ -37,8 +37,8 @@ Behaviour:
   recorded).
 * **Recording.** Audio payloads received on A and B are queued, with their arrival
   time and codec, in the :class:`~sipdialer.rtp.recorder.Recorder`'s bounded channel
-  queues (its :meth:`~sipdialer.rtp.recorder.PendingPayloads.feed` check inlined: one C
-  ``deque.append`` per recorded packet); the bridge calls
+  queues (:class:`~sipdialer.rtp.recorder.PendingPayloads`, a C buffer the fast path
+  copies each payload into); the bridge calls
   :meth:`~sipdialer.rtp.recorder.Recorder.flush_async` every
   :data:`~sipdialer.rtp.recorder.FLUSH_INTERVAL` seconds from a loop timer (the first
   one at a random phase, so calls started together do not flush together): the audio is
@@ -62,20 +62,33 @@ Behaviour:
   rtcp-mux, SRTCP goes to port+1, where nothing listens (the allocator hands out even
   ports and binds only them): the kernel discards it.
 
-The hot path is :meth:`MediaLeg.datagram_received`: no logging, no awaits, no dict
-lookups (``__slots__`` attributes only), no allocation beyond the packet's header tuple,
-the rewritten copy and the recorder's payload slice, one ``sendto`` on the leg's own
-socket (as cheap as uvloop's ``transport.sendto``, and the same on both loops). Plain
-RTP pays one attribute test for SRTP (``_unprotect is None``) and nothing on the send
-side; SRTP adds one libsrtp call per direction and the copies pylibsrtp makes. The
-latch costs one tuple comparison with the latched source; only packets from elsewhere
-take the slow path (:meth:`MediaLeg._admit`). Remote addresses must be IP literals of
+**The hot path is in C** (:mod:`sipdialer.rtp._fastrelay`, the ``RelayCore`` base of
+:class:`MediaLeg`, which holds the leg's hot state as C members under the same names this
+module reads and writes). Each socket is read by the loop's reader callback
+``_readable()``: one ``recvmmsg`` for every datagram waiting, then per datagram either the
+*usual case* — plain RTP (no padding, extension, CSRC) of the negotiated audio PT from the
+latched source, which the recorder has room for, to a peer that is sending, has no
+ringback playing, no outbound SRTP and already carries this SSRC — counted, copied into the
+recorder's queue, rewritten in place (and transcoded through the G.711 table) and sent with
+one ``sendto`` to the peer's stored sockaddr; or, for every other datagram,
+:meth:`MediaLeg.datagram_received`, the Python rules this docstring describes. The C path
+is only a shortcut through those same rules (``fast_packets`` counts what it took). A
+datagram larger than ``_fastrelay.SLOT`` (4 KiB; 200 ms of G.711 is 1,612 bytes) is
+truncated by the kernel and dropped (``packets_dropped``). Measured (callgrind,
+``bench/relay_cost.py``, through uvloop): ~1,800 user-space instructions per relayed packet,
+~7,000 recorded (was ~19,000 / ~28,000 through uvloop's datagram transport and a Python
+callback per datagram). ``datagram_received`` has no logging, no awaits, no dict lookups;
+SRTP adds one libsrtp call per direction and the copies pylibsrtp makes. The latch costs
+one sockaddr comparison with the latched source; only packets from elsewhere take the
+slow path (:meth:`MediaLeg._admit`). Remote addresses must be IP literals of
 the socket's family (:meth:`MediaLeg.media_address`; an IPv4 address reaches an IPv6
 socket bound to ``::`` as ``::ffff:a.b.c.d``), so ``sendto`` never resolves a name; any
 other address raises :class:`MediaAddressError`. Works with asyncio's loop and uvloop.
 
 Hand-written rather than a library (aiortc, rtpproxy): those terminate media or run as
-separate daemons; a B2BUA relay is ~one ``struct`` rewrite and a ``sendto`` per packet.
+separate daemons; a B2BUA relay is ~one header rewrite and a ``sendto`` per packet, and
+its per-packet cost in Python through an asyncio transport was the relay's limit (issue
+14), hence the C fast path.
 """
 
 from __future__ import annotations
@@ -102,7 +115,6 @@ from sipdialer.rtp.packet import HEADER, REWRITE, payload_bounds
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import (
     FLUSH_INTERVAL,
-    MAX_PAYLOAD,
     WRITE_STALL,
     Channel,
     PendingPayloads,
@@ -496,14 +508,8 @@ class MediaLeg(RelayCore):
             self._slow(data, b1, seq, ts, ssrc, start, end, now)
             return
         self.last_rx = now
-        rec = self._rec
-        if rec is not None:  # PendingPayloads.feed, inlined: one C call per packet
-            m = end - start
-            if m <= rec.room and m <= MAX_PAYLOAD:
-                rec.room -= m
-                rec.push((data[start:end], now, self._audio_name))
-            else:
-                rec.refuse(m)
+        if self._rec is not None:
+            self._rec.feed(data[start:end], self._audio_name, now)
         peer = self.peer
         if not (self._forward and peer._sending):
             return

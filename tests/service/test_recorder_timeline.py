@@ -129,11 +129,14 @@ def peak_hz(x: npt.NDArray[Any]) -> float:
 
 
 async def test_oversize_blast_keeps_the_wav_to_the_call_length(tmp_path: Path) -> None:
-    """The callee sends 100 packets/s of 8,000-byte payloads for 1.5 s, then of 65,000-byte
+    """The callee sends 100 packets/s of 3,000-byte payloads for 1.5 s, then of 65,000-byte
     payloads for 1.5 s, then normal audio; the agent talks throughout. Before: every
-    byte became audio (a 100 s WAV per second of blast) and the relay held it all."""
+    byte became audio (a 100 s WAV per second of blast) and the relay held it all. The
+    3,000-byte ones reach the recorder, which refuses them (oversize); the 65,000-byte
+    ones are larger than any datagram the relay reads whole: dropped at the socket."""
     path = tmp_path / "blast.wav"
     blast = 0
+    huge = 0
     peak = 0
     async with recorded_bridge(path) as lab:
         rec = lab.recorder
@@ -155,11 +158,11 @@ async def test_oversize_blast_keeps_the_wav_to_the_call_length(tmp_path: Path) -
                     i = tick // 2
                     lab.a.send(lab.bridge.a.local_port, a_audio[i * 160 : (i + 1) * 160])
                 if tick < 150:
-                    lab.b.send(lab.bridge.b.local_port, b"\x00" * 8000, step=8000)
+                    lab.b.send(lab.bridge.b.local_port, b"\x00" * 3000, step=3000)
                     blast += 1
                 elif tick < 300:
                     lab.b.send(lab.bridge.b.local_port, b"\x00" * 65000, step=65000)
-                    blast += 1
+                    huge += 1
                 elif tick % 2 == 0:
                     i = tick // 2
                     lab.b.send(lab.bridge.b.local_port, b_audio[i * 160 : (i + 1) * 160])
@@ -169,6 +172,7 @@ async def test_oversize_blast_keeps_the_wav_to_the_call_length(tmp_path: Path) -
             watcher.cancel()
         end = lab.stop()
         elapsed = end - t0
+        dropped_b = lab.bridge.b.packets_dropped
     data, rate = soundfile.read(path, dtype="int16")
     seconds = len(data) / rate
     # the WAV is as long as the call, not as what was sent
@@ -178,6 +182,7 @@ async def test_oversize_blast_keeps_the_wav_to_the_call_length(tmp_path: Path) -
     assert peak <= BUFFER_CAP and peak <= 100_000, peak
     # every blast packet was counted and dropped (loopback may lose a few 65 kB datagrams)
     assert 0.8 * blast <= rec.oversize_packets <= blast
+    assert 0.8 * huge <= dropped_b
     left, right = data[:, 0], data[:, 1]
     assert rms(left[int(0.5 * 8000) : int(4.0 * 8000)]) > 3000  # the agent throughout
     assert abs(peak_hz(left[int(0.5 * 8000) : int(4.0 * 8000)]) - 440) < 3
