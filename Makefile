@@ -36,8 +36,17 @@ POLICY_RC ?= /usr/sbin/policy-rc.d
 
 venv: $(STAMP)
 
-# re-install when pyproject.toml is newer than the stamp
-$(STAMP): pyproject.toml
+# re-install (and re-build the relay's C fast path) when its sources are newer than the stamp
+$(STAMP): pyproject.toml setup.py sipdialer/rtp/_fastrelay.c
+	@if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "venv: no C compiler -> apt-get install gcc libc6-dev python3-dev"; \
+			$(APT_GET) install -y -q gcc libc6-dev python3-dev; \
+		else \
+			echo "venv: a C compiler is needed (apt-get install gcc libc6-dev python3-dev)"; \
+			exit 1; \
+		fi; \
+	fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@

@@ -11,7 +11,7 @@ setup(
         Extension(
             "sipdialer.rtp._fastrelay",
             sources=["sipdialer/rtp/_fastrelay.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
     ]
 )

@@ -235,7 +235,14 @@ pp_take(PendingPayloads *q, PyObject *Py_UNUSED(ignored))
         const unsigned char *src = q->buf + it->off;
         if (it->codec <= CODEC_PCMA) {
             const int16_t *tbl = decode_table[it->codec];
-            for (int j = 0; j < it->len; j++) out[j] = tbl[src[j]];
+            int j = 0;
+            for (; j + 4 <= it->len; j += 4) {
+                out[j] = tbl[src[j]];
+                out[j + 1] = tbl[src[j + 1]];
+                out[j + 2] = tbl[src[j + 2]];
+                out[j + 3] = tbl[src[j + 3]];
+            }
+            for (; j < it->len; j++) out[j] = tbl[src[j]];
         } else {
             memset(out, 0, (size_t)it->len * 2); /* not G.711: the time it covers, silent */
         }
@@ -431,8 +438,13 @@ mod_interleave(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     if (out != NULL) {
         int16_t *o = (int16_t *)PyBytes_AS_STRING(out);
         const int16_t *l = a.buf, *r = b.buf;
-        Py_ssize_t nl = a.len / 2, nr = b.len / 2;
-        for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t nl = a.len / 2 < n ? a.len / 2 : n, nr = b.len / 2 < n ? b.len / 2 : n;
+        Py_ssize_t both = nl < nr ? nl : nr, i;
+        for (i = 0; i < both; i++) { /* the usual case: both channels have the samples */
+            o[2 * i] = l[i];
+            o[2 * i + 1] = r[i];
+        }
+        for (; i < n; i++) {
             o[2 * i] = i < nl ? l[i] : 0;
             o[2 * i + 1] = i < nr ? r[i] : 0;
         }

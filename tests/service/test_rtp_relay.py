@@ -25,10 +25,17 @@ from sipdialer.rtp.packet import RtpHeader
 from sipdialer.rtp.ports import PortAllocator, PortsExhausted
 from sipdialer.rtp.recorder import Recorder
 from sipdialer.rtp.relay import Bridge, Codec
-
-HOST = "127.0.0.1"
-PCMU = Codec("PCMU", 0, 101)
-PCMA = Codec("PCMA", 8, 101)
+from tests.fixtures.rtp_phones import (
+    HOST,
+    PCMA,
+    PCMU,
+    Phone,
+    allocator,
+    close_all,
+    phone,
+    setup,
+    tone,
+)
 
 Scenario = Callable[[], Coroutine[Any, Any, None]]
 
@@ -47,94 +54,6 @@ def run(request: pytest.FixtureRequest) -> Callable[[Scenario], None]:
             r.run(asyncio.wait_for(scenario(), 20))
 
     return runner
-
-
-def allocator() -> PortAllocator:
-    base = random.randrange(20000, 29000, 2)
-    return PortAllocator(base, base + 99)
-
-
-class Phone(asyncio.DatagramProtocol):
-    """A fake endpoint: sends RTP to a leg, queues what it receives."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-        self.seq = random.randrange(65536)
-        self.ts = random.randrange(2**32)
-        self.ssrc = random.randrange(2**32)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.queue.put_nowait((data, addr))
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return host, port
-
-    def send_raw(self, port: int, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data, (HOST, port))
-
-    def send(
-        self, port: int, payload: bytes, pt: int = 0, *, marker: bool = False, step: int = 160
-    ) -> None:
-        self.send_raw(port, packet.build(pt, self.seq, self.ts, self.ssrc, payload, marker=marker))
-        self.seq = (self.seq + 1) & 0xFFFF
-        self.ts = (self.ts + step) & 0xFFFFFFFF
-
-    async def recv(self, timeout: float = 2.0) -> tuple[RtpHeader, bytes]:
-        data, _ = await asyncio.wait_for(self.queue.get(), timeout)
-        hdr = packet.parse(data)
-        assert hdr is not None, data
-        return hdr, data[hdr.header_length : hdr.payload_end]
-
-    async def nothing(self, wait: float = 0.15) -> None:
-        await asyncio.sleep(wait)
-        assert self.queue.empty(), f"unexpected packets: {self.queue.qsize()}"
-
-    def drain(self) -> list[bytes]:
-        out = []
-        while not self.queue.empty():
-            out.append(self.queue.get_nowait()[0])
-        return out
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-async def phone() -> Phone:
-    loop = asyncio.get_running_loop()
-    _, p = await loop.create_datagram_endpoint(Phone, local_addr=(HOST, 0))
-    return p
-
-
-async def setup(
-    codec_a: Codec = PCMU, codec_b: Codec = PCMU, *, connect: bool = True
-) -> tuple[Bridge, Phone, Phone]:
-    bridge = await Bridge.open(HOST, allocator())
-    pa, pb = await phone(), await phone()
-    bridge.a.set_remote(pa.addr, codec_a)
-    bridge.b.set_remote(pb.addr, codec_b)
-    if connect:
-        bridge.connect()
-    return bridge, pa, pb
-
-
-def tone(hz: float, n: int, amp: float = 8000.0, start: int = 0) -> np.ndarray:
-    t = (start + np.arange(n)) / 8000
-    return (np.sin(2 * np.pi * hz * t) * amp).astype(np.int16)
-
-
-async def close_all(bridge: Bridge, *phones: Phone) -> None:
-    await bridge.close()
-    for p in phones:
-        p.close()
 
 
 def with_bridge(fn: Callable[[Bridge, Phone, Phone], Awaitable[None]], **kw: Any) -> Scenario:
