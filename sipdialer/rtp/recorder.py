@@ -194,6 +194,43 @@ def _header(data_bytes: int) -> bytes:
     )
 
 
+class _BlockBuffers:
+    """Buffers for the interleaved blocks, reused: a block is written (on the writer
+    thread) and its buffer comes back here, so the next flush of any recorder fills memory
+    that is already mapped. A fresh 32 kB buffer per call-second cost the relay's process a
+    page fault and a zeroed page per 4 kB (perf: 6 % of its CPU at 1,000 recorded calls).
+    At most :attr:`keep` buffers wait here; list appends and pops are atomic under the GIL.
+    """
+
+    keep = 64
+
+    def __init__(self) -> None:
+        self._free: list[bytearray] = []
+
+    def get(self, nbytes: int) -> bytearray:
+        free = self._free
+        while free:
+            try:
+                buf = free.pop()
+            except IndexError:  # taken by another thread meanwhile
+                break
+            if len(buf) >= nbytes:
+                return buf
+        return bytearray(max(nbytes, RATE * BLOCK_ALIGN))  # one second at least
+
+    def put(self, block: npt.NDArray[np.int16]) -> None:
+        """Take back the buffer under a block from :meth:`get` (others are ignored)."""
+        base: object = block
+        while isinstance(base, np.ndarray):  # reshape → frombuffer → memoryview
+            base = base.base
+        buf = base.obj if isinstance(base, memoryview) else None
+        if isinstance(buf, bytearray) and len(self._free) < self.keep:
+            self._free.append(buf)
+
+
+_BLOCKS = _BlockBuffers()
+
+
 def describe_os_error(exc: BaseException) -> str:
     """``ENOSPC: No space left on device`` — an error without its file name (a recording's
     path holds its reference, which must not reach unauthenticated readers)."""
@@ -445,8 +482,9 @@ class Recorder:
                 return None
         end = self._prepared + n
         # both channels' first n samples, silence past a channel's end, in one C pass
-        block = interleave(self.a.tail[:n], self.b.tail[:n], n)
-        out = np.frombuffer(block, dtype=np.int16).reshape(n, CHANNELS)
+        buf = _BLOCKS.get(n * BLOCK_ALIGN)
+        interleave(self.a.tail[:n], self.b.tail[:n], n, buf)
+        out = np.frombuffer(buf, dtype=np.int16, count=n * CHANNELS).reshape(n, CHANNELS)
         for ch in (self.a, self.b):
             ch.tail = ch.tail[n:]
             if ch.cursor < end:
@@ -457,6 +495,12 @@ class Recorder:
         return out, end
 
     def _commit(self, block: tuple[npt.NDArray[np.int16], int]) -> int:
+        try:
+            return self._write_block(block)
+        finally:
+            _BLOCKS.put(block[0])
+
+    def _write_block(self, block: tuple[npt.NDArray[np.int16], int]) -> int:
         """Append a :meth:`_take` block to the file and patch the header; returns its frames.
 
         The file IO (on the writer thread in :meth:`flush_async`). On a write error: cut

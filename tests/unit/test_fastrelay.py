@@ -97,3 +97,15 @@ def test_interleave_pads_the_shorter_channel_with_silence() -> None:
     assert np.frombuffer(interleave(left, right, 2), dtype=np.int16).tolist() == [1, -1, 2, -2]
     with pytest.raises(ValueError):
         interleave(left, right, -1)
+
+
+def test_interleave_into_a_buffer_reuses_it() -> None:
+    left = np.array([1, 2], dtype=np.int16)
+    right = np.array([3], dtype=np.int16)
+    buf = bytearray(b"\x7f" * 12)
+    assert interleave(left, right, 2, buf) is buf
+    assert np.frombuffer(buf, dtype=np.int16).tolist() == [1, 3, 2, 0, 0x7F7F, 0x7F7F]
+    with pytest.raises(ValueError):
+        interleave(left, right, 4, buf)  # 16 bytes do not fit in 12
+    with pytest.raises(TypeError):
+        interleave(left, right, 1, b"read-only")
