@@ -107,5 +107,5 @@ def test_interleave_into_a_buffer_reuses_it() -> None:
     assert np.frombuffer(buf, dtype=np.int16).tolist() == [1, 3, 2, 0, 0x7F7F, 0x7F7F]
     with pytest.raises(ValueError):
         interleave(left, right, 4, buf)  # 16 bytes do not fit in 12
-    with pytest.raises(TypeError):
+    with pytest.raises(BufferError):
         interleave(left, right, 1, b"read-only")
