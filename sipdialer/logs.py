@@ -22,13 +22,12 @@ SIGKILL can lose is the INFO lines of the round being run; a normal exit flushes
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _QUOTE_TRIGGERS = frozenset(' "=\\')
@@ -85,6 +84,14 @@ class _Formatter(logging.Formatter):
         return line
 
 
+def _running_loop() -> Any:
+    """The asyncio event loop running in this thread, or None. Looked up in ``sys.modules``
+    rather than imported: this module sits below the sans-IO SIP core, which must not
+    import asyncio (if no module imported asyncio, no loop can be running)."""
+    asyncio = sys.modules.get("asyncio")
+    return None if asyncio is None else asyncio._get_running_loop()
+
+
 class BatchedStreamHandler(logging.StreamHandler[TextIO]):
     """A stream handler that writes the event loop's INFO lines once per loop round.
 
@@ -99,12 +106,12 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
         super().__init__(stream)
         self.immediate_level = immediate_level
         self._pending: list[str] = []
-        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush awaits on
+        self._flush_on: Any = None  # the event loop a flush waits on
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
-            loop = asyncio._get_running_loop()
+            loop = _running_loop()
             if loop is not None and record.levelno < self.immediate_level:
                 self._pending.append(line)
                 # a flush already waits on this loop; else (none yet, or one left on a loop

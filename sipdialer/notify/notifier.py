@@ -80,7 +80,6 @@ import json
 import logging
 import os
 import random
-import secrets
 import threading
 import time
 from collections import deque
@@ -99,6 +98,7 @@ from sipdialer.durable import durable_write, fsync_dir
 from sipdialer.engine.cdr import Cdr
 from sipdialer.errors import SipdialerError
 from sipdialer.logs import quote_value
+from sipdialer.sip import ids
 
 __all__ = ["Entry", "Notifier", "Outbox", "OutboxError"]
 
@@ -238,7 +238,7 @@ class Outbox:
                 seq = self._next_seq()
                 entries.append(
                     Entry(
-                        id=f"{seq:017d}-{secrets.token_hex(4)}",
+                        id=f"{seq:017d}-{ids.token_hex(4)}",
                         seq=seq,
                         key=key,
                         payload=payload,
