@@ -11,12 +11,12 @@ a forged line or send escape sequences to an operator's terminal. Quoting with
 :func:`quote_value` is still what keeps ``key=value`` look-alikes inside one field.
 
 Lines are written by :class:`BatchedStreamHandler`: on the event loop's thread a line at
-INFO or below is kept until the end of the loop's current round of callbacks and written
-with the others of that round (one ``write`` instead of one per line: at 100 call set-ups
-a second the service logs ~2,000 lines a second, and a write per line — a system call that
-also hands the GIL to the writer threads — was ~10 % of the loop); a WARNING or worse, or
-a line from any other thread, is written at once with whatever is pending. What a
-SIGKILL can lose is the INFO lines of the round being run; a normal exit flushes them
+INFO or below is kept for at most 20 ms and written with the others of that time (one
+``write`` instead of one per line: at 100 call set-ups a second the service logs ~2,000
+lines a second, and a write per line — a system call that also hands the GIL to the
+writer threads — was ~10 % of the loop); a WARNING or worse, or a line from any other
+thread, is written at once with whatever is pending, so lines keep their order. What a
+SIGKILL can lose is the INFO lines of the last 20 ms; a normal exit flushes them
 (``logging.shutdown``).
 """
 
@@ -93,18 +93,21 @@ def _running_loop() -> Any:
 
 
 class BatchedStreamHandler(logging.StreamHandler[TextIO]):
-    """A stream handler that writes the event loop's INFO lines once per loop round.
+    """A stream handler that writes the event loop's INFO lines in batches.
 
     On a thread with a running event loop, a record below ``immediate_level`` is formatted
-    and kept; the first one kept schedules :meth:`flush` with ``loop.call_soon``, so the
-    lines of one round of callbacks go out in one ``write``. Any other record (a warning, or
+    and kept; the first one kept schedules :meth:`flush` ``delay`` seconds later on that
+    loop, so the lines of that time go out in one ``write``. Any other record (a warning, or
     one logged where no loop runs: a writer thread, start-up) is written at once, after the
     lines kept before it, so the order of lines is the order of the calls.
     """
 
-    def __init__(self, stream: TextIO, immediate_level: int = logging.WARNING) -> None:
+    def __init__(
+        self, stream: TextIO, immediate_level: int = logging.WARNING, delay: float = 0.02
+    ) -> None:
         super().__init__(stream)
         self.immediate_level = immediate_level
+        self.delay = delay
         self._pending: list[str] = []
         self._flush_on: Any = None  # the event loop a flush waits on
 
@@ -115,12 +118,12 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
             if loop is not None and record.levelno < self.immediate_level:
                 self._pending.append(line)
                 # a flush already waits on this loop; else (none yet, or one left on a loop
-                # that was closed before running it) this loop's next round writes them
+                # that was closed before running it) this loop writes them shortly
                 if self._flush_on is not loop:
                     try:
-                        loop.call_soon(self.flush)
+                        loop.call_later(self.delay, self.flush)
                         self._flush_on = loop
-                    except RuntimeError:  # a closed loop: no later round to write them
+                    except RuntimeError:  # a closed loop: it will not write them
                         self._write_pending()
                 return
             self._pending.append(line)

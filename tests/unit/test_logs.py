@@ -100,7 +100,7 @@ def test_log_throttle_forgets_the_least_recent_key() -> None:
     assert throttle.admit("a", 0.0) == 0
 
 
-# ---- the handler: a loop round's INFO lines in one write ------------------------------------
+# ---- the handler: the loop's INFO lines in batches -------------------------------------------
 
 
 class _Stream(io.StringIO):
@@ -115,8 +115,8 @@ class _Stream(io.StringIO):
         return super().write(text)
 
 
-def _logger(stream: _Stream) -> tuple[logging.Logger, BatchedStreamHandler]:
-    handler = BatchedStreamHandler(stream)
+def _logger(stream: _Stream, delay: float = 0.02) -> tuple[logging.Logger, BatchedStreamHandler]:
+    handler = BatchedStreamHandler(stream, delay=delay)
     handler.setFormatter(_Formatter())
     logger = logging.getLogger(f"sipdialer.test_batched.{id(stream)}")
     logger.handlers[:] = [handler]
@@ -125,23 +125,38 @@ def _logger(stream: _Stream) -> tuple[logging.Logger, BatchedStreamHandler]:
     return logger, handler
 
 
-def test_the_info_lines_of_one_loop_round_go_out_in_one_write_in_order() -> None:
+def test_the_loops_info_lines_are_kept_then_written_together_in_order() -> None:
     stream = _Stream()
-    logger, _ = _logger(stream)
-    seen_during_round: list[int] = []
+    logger, handler = _logger(stream, delay=3600)  # no timer fires during the test
+    kept: list[int] = []
 
     async def main() -> None:
         for i in range(5):
             logger.info("event=one n=%d", i)
-        seen_during_round.append(len(stream.writes))
-        await asyncio.sleep(0)  # the round ends: the handler's flush runs
+        await asyncio.sleep(0)  # later rounds of the loop: still kept
         await asyncio.sleep(0)
+        kept.append(len(stream.writes))
+        handler.flush()  # what the timer does
 
     asyncio.run(main())
-    assert seen_during_round == [0]
+    assert kept == [0]
     assert len(stream.writes) == 1
     lines = stream.getvalue().splitlines()
     assert [line.split()[-1] for line in lines] == [f"n={i}" for i in range(5)]
+
+
+def test_the_loop_writes_the_kept_lines_by_itself() -> None:
+    stream = _Stream()
+    logger, _ = _logger(stream, delay=0)
+
+    async def main() -> None:
+        logger.info("event=kept")
+        for _ in range(3):
+            await asyncio.sleep(0)  # the flush timer (0 s) runs in one of these rounds
+
+    asyncio.run(main())
+    assert stream.getvalue().endswith("event=kept\n")
+    assert len(stream.writes) == 1
 
 
 def test_a_warning_is_written_at_once_after_the_lines_kept_before_it() -> None:
@@ -165,21 +180,21 @@ def test_without_a_running_loop_each_line_is_written_at_once() -> None:
 
 
 def test_lines_kept_on_a_loop_closed_before_its_flush_are_not_lost() -> None:
-    """A loop that closes with the flush still queued: the next loop's round writes the
-    kept lines (and ``flush``, as ``logging.shutdown`` calls it, would too)."""
+    """A loop that closes with the flush still scheduled: the next loop writes the kept
+    lines with its own (and ``flush``, as ``logging.shutdown`` calls it, would too)."""
     stream = _Stream()
-    logger, handler = _logger(stream)
+    logger, handler = _logger(stream, delay=0)
     loop = asyncio.new_event_loop()
-
-    loop.call_soon(logger.info, "event=kept")  # queues the handler's flush…
-    loop.call_soon(loop.stop)  # …after this: the loop stops before running it
+    loop.call_soon(logger.info, "event=kept")  # schedules the handler's flush…
+    loop.call_soon(loop.stop)  # …but the loop stops before it runs
     loop.run_forever()
     loop.close()
     assert stream.getvalue() == ""
 
     async def later() -> None:
         logger.info("event=later")
-        await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)  # this loop's flush runs
 
     asyncio.run(later())
     assert [line.split()[-1] for line in stream.getvalue().splitlines()] == [
