@@ -8,8 +8,11 @@ Status codes (decisions, also in the README):
   JSON body that is not an object, broken form); **415** another body type; **413** body
   over ``[http] max_body_bytes``; **429** with ``Retry-After`` when ``[calls]
   max_concurrent`` calls are active; **503** when no trunk is configured (the callee is
-  always dialled through it). A call whose media could not be set up is still created
-  (201) and is already ``ended``: its CDR says why.
+  always dialled through it), and with ``Retry-After`` while the notifier's disk writes
+  lag (:attr:`~sipdialer.notify.notifier.Notifier.accepting_calls`: so many ended calls
+  wait for the outbox that taking more would grow memory without bound). A call whose
+  media could not be set up is still created (201) and is already ``ended``: its CDR
+  says why.
 * read: **200**; **404** for an unknown id and for anything that is not an id.
 * delete: **202** with the call when this request started the hang-up (CANCEL or BYE is
   under way); **200** with the call when it had already ended (idempotent); **404** as
@@ -90,6 +93,13 @@ async def _place(request: web.Request, given: FieldValues) -> web.Response:
     ctx = request.app[CONTEXT]
     if ctx.config.trunk.registrar is None:
         return json_error(503, "no trunk configured", detail="[trunk] registrar is empty")
+    if not getattr(ctx.notifier, "accepting_calls", True):  # its disk is not keeping up
+        return json_error(
+            503,
+            "notifications backlog",
+            headers={"Retry-After": str(RETRY_AFTER)},
+            detail="the notifications outbox is not keeping up with the disk",
+        )
     limit = ctx.config.calls.max_concurrent
     if ctx.calls.active_count() >= limit:
         return json_error(

@@ -114,7 +114,11 @@ _CREATE_RESPONSES: dict[str, Any] = {
     "415": _error("The body is neither JSON nor a form."),
     "422": _json(_ref("ValidationError"), "A field is missing or invalid; no call placed."),
     "429": _error("[calls] max_concurrent calls are active.", **{"Retry-After": "Retry-After"}),
-    "503": _error("No trunk is configured."),
+    "503": _error(
+        "No trunk is configured; or (with Retry-After) the notifications outbox lags "
+        "behind the disk, and new calls wait until it drains.",
+        **{"Retry-After": "Retry-After"},
+    ),
 }
 
 _CALL_ID_PARAM = {

@@ -63,7 +63,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -294,19 +294,38 @@ def leg_entry(leg: Leg) -> JournaledLeg:
 # ---- the JSON form --------------------------------------------------------------------------
 
 
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _shallow(obj: Any) -> dict[str, Any]:
+    """A dataclass instance's fields as a dict, values as they are (no deep copy: the dict
+    is serialized at once). ``dataclasses.asdict`` copies every value recursively and was
+    half of the journal's cost on the event loop, 5 % of the loop at 100 set-ups/s."""
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in fields(obj))
+    return {name: getattr(obj, name) for name in names}
+
+
 def _call_document(call: JournaledCall) -> dict[str, Any]:
+    """The JSON document of ``call``: what ``dataclasses.asdict`` would give (tuples are
+    written as lists by ``json``), without its copies."""
     legs = []
     for leg in call.legs:
-        doc = asdict(leg)
+        doc = _shallow(leg)
         doc["dest"] = list(leg.dest)
+        if leg.invite is not None:
+            doc["invite"] = _shallow(leg.invite)
+        if leg.dialog is not None:
+            doc["dialog"] = _shallow(leg.dialog)
         legs.append(doc)
     return {
-        "record": asdict(call.record),
+        "record": _shallow(call.record),
         "state": call.state,
         "legs": legs,
         "recording_path": call.recording_path,
         "public_url": call.public_url,
-        "outcome": asdict(call.outcome) if call.outcome is not None else None,
+        "outcome": _shallow(call.outcome) if call.outcome is not None else None,
     }
 
 

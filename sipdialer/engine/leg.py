@@ -103,7 +103,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
@@ -113,6 +112,7 @@ from sipdialer.aio.useragent import ALLOW, UserAgent, in_dialog_refusal
 from sipdialer.engine.causes import SESSION_EXPIRED_REASON
 from sipdialer.engine.errors import EngineError
 from sipdialer.logs import quote_value
+from sipdialer.sip import ids
 from sipdialer.sip.address import parse_address, parse_uri, split_commas
 from sipdialer.sip.dialog import Dialog
 from sipdialer.sip.digest import ClientAuthenticator, DigestError, pick_challenge
@@ -370,8 +370,8 @@ class Leg:
         """Whether the leg's INVITE went out again with the fallback offer."""
         self.log_ctx = f"call={call_tag} leg={name}"
         self.state = IDLE
-        self.call_id = secrets.token_hex(12)
-        self.from_tag = secrets.token_hex(6)
+        self.call_id = ids.token_hex(12)
+        self.from_tag = ids.token_hex(6)
         self.cseq = 0
         self.final_status: int | None = None
         self.dialog: Dialog | None = None

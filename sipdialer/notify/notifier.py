@@ -66,6 +66,15 @@ their place in the order, and the failure logged (``event=notify_outbox_write_fa
 and counted in ``status()["disk_errors_total"]``: only then can a document be lost, if
 the process also dies before Redis takes it.
 
+The writer thread's backlog is bounded without losing anything: a call that ended is
+always queued (its CDR must not be lost), but once ``max_write_backlog`` calls wait for
+the disk (a hung or very slow disk), :attr:`Notifier.accepting_calls` turns False, one
+``event=notify_write_backlog_full`` line is logged at error, and the API refuses new calls
+(503 with ``Retry-After``) until the backlog drains (``event=notify_write_backlog_drained``).
+The backlog is thus at most ``max_write_backlog`` plus the calls in progress
+(``[calls] max_concurrent``), each of which adds one submission when it ends; the event
+loop never blocks on the disk.
+
 One process per outbox directory: two services sharing one would push each other's
 entries (duplicates, still nothing lost).
 """
@@ -80,7 +89,6 @@ import json
 import logging
 import os
 import random
-import secrets
 import threading
 import time
 from collections import deque
@@ -99,6 +107,7 @@ from sipdialer.durable import durable_write, fsync_dir
 from sipdialer.engine.cdr import Cdr
 from sipdialer.errors import SipdialerError
 from sipdialer.logs import quote_value
+from sipdialer.sip import ids
 
 __all__ = ["Entry", "Notifier", "Outbox", "OutboxError"]
 
@@ -238,7 +247,7 @@ class Outbox:
                 seq = self._next_seq()
                 entries.append(
                     Entry(
-                        id=f"{seq:017d}-{secrets.token_hex(4)}",
+                        id=f"{seq:017d}-{ids.token_hex(4)}",
                         seq=seq,
                         key=key,
                         payload=payload,
@@ -382,11 +391,19 @@ class Notifier:
         backoff_max: float = 30.0,
         idle_ping: float = 10.0,
         background: bool = False,
+        max_write_backlog: int = 10_000,
     ) -> None:
+        if max_write_backlog < 1:
+            raise ValueError("max_write_backlog must be at least 1")
         self.config = config
         self.background = background
         """Outbox writes on the writer thread (the service) instead of in ``submit``."""
+        self.max_write_backlog = max_write_backlog
+        """Calls waiting for the writer thread beyond which new calls are refused."""
         self._writes: list[_Submission] = []
+        self._backlog = 0  # submitted, not yet committed (queued or being written)
+        self._backlog_full = False
+        self._backlog_full_total = 0
         self._wcond = threading.Condition()
         self._writing = False
         self._writer: threading.Thread | None = None
@@ -433,6 +450,16 @@ class Notifier:
                 return
             with self._wcond:
                 self._writes.append(submission)
+                self._backlog += 1
+                if self._backlog >= self.max_write_backlog and not self._backlog_full:
+                    self._backlog_full = True
+                    self._backlog_full_total += 1
+                    log.error(
+                        "event=notify_write_backlog_full pending=%d max=%d "
+                        "action=refusing_new_calls",
+                        self._backlog,
+                        self.max_write_backlog,
+                    )
                 if self._writer is None:
                     self._writer = threading.Thread(
                         target=self._write_loop, name="notify-outbox", daemon=True
@@ -456,7 +483,18 @@ class Notifier:
             finally:
                 with self._wcond:
                     self._writing = False
+                    self._backlog -= len(batch)
+                    if self._backlog_full and self._backlog < self.max_write_backlog // 2:
+                        self._backlog_full = False
+                        log.info("event=notify_write_backlog_drained pending=%d", self._backlog)
                     self._wcond.notify_all()
+
+    @property
+    def accepting_calls(self) -> bool:
+        """False while ``max_write_backlog`` or more ended calls wait for the writer thread
+        (the disk is not keeping up): the API refuses new calls meanwhile. It turns True
+        again once the backlog is below half the limit."""
+        return not self._backlog_full
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted CDR is in the outbox (True) or ``timeout`` passed."""
@@ -611,7 +649,9 @@ class Notifier:
         began, or None), ``consecutive_failures``, ``next_retry_at`` (Unix time, or
         None), ``disk_errors_total``, ``corrupt_total`` (files moved to ``corrupt/``),
         ``running`` (the pusher task is alive), ``keys`` (the LISTs pushed to),
-        ``outbox_dir``.
+        ``outbox_dir``, ``write_backlog`` (ended calls waiting for the writer thread),
+        ``write_backlog_full`` (new calls are refused: see :attr:`accepting_calls`),
+        ``write_backlog_full_total`` (times the limit was reached).
         """
         with self._lock:
             depth = len(self._queue)
@@ -634,6 +674,9 @@ class Notifier:
             "running": self._task is not None and not self._task.done(),
             "keys": keys,
             "outbox_dir": str(self.outbox.directory),
+            "write_backlog": self._backlog,
+            "write_backlog_full": self._backlog_full,
+            "write_backlog_full_total": self._backlog_full_total,
         }
 
     # -- the pusher --------------------------------------------------------------------

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipdialer.logs import LogThrottle, quote_value
+from sipdialer.sip import ids
 from sipdialer.sip.address import Via, split_commas
 from sipdialer.sip.dialog import Uas2xxRetransmitter
 from sipdialer.sip.errors import SipParseError, SipVersionError
@@ -242,7 +243,7 @@ class SipEndpoint:
     # ---- UAC -------------------------------------------------------------------------------
     def new_branch(self) -> str:
         """A fresh RFC 3261 branch: the magic cookie and 96 random bits."""
-        return MAGIC_COOKIE + secrets.token_hex(12)
+        return MAGIC_COOKIE + ids.token_hex(12)
 
     def send_request(
         self, request: Request, dest: Addr, transport: str, now: float

@@ -200,6 +200,25 @@ async def test_no_trunk_is_503_and_not_ready(tmp_path: Path) -> None:
             assert "no trunk configured" in (await resp.json())["problems"]
 
 
+class _BackloggedSink(StatusSink):
+    """A notifier whose disk writes lag: it accepts no new calls."""
+
+    accepting_calls = False
+
+
+async def test_a_notifier_backlog_refuses_new_calls_with_503(tmp_path: Path) -> None:
+    sink = _BackloggedSink()
+    async with api_service(tmp_path, sink=sink) as lab:
+        async with lab.client.post("/click2dial/calls", json=VALID) as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"]
+            assert (await resp.json())["error"] == "notifications backlog"
+        assert len(lab.service.dialer.active) == 0  # type: ignore[union-attr]
+        sink.accepting_calls = True  # the backlog drained
+        async with lab.client.post("/click2dial/calls", json=VALID) as resp:
+            assert resp.status == 201
+
+
 async def test_legacy_route_headers_and_no_head(tmp_path: Path) -> None:
     async with api_service(tmp_path) as lab:
         query = "&".join(f"{k}={v}" for k, v in VALID.items())

@@ -344,3 +344,41 @@ def test_in_the_background_a_disk_error_is_logged_and_counted(
     assert journal.write_errors_total == 1
     assert "event=journal_write_failed" in caplog.text
     assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob("*.call"))
+
+
+def test_the_document_is_what_dataclasses_asdict_gives_byte_for_byte() -> None:
+    """The journal builds its JSON without ``asdict``'s deep copies; the bytes must not
+    change (files written before still decode, and the same call writes the same file)."""
+    import json
+
+    def reference(call: JournaledCall) -> bytes:
+        legs = []
+        for leg in call.legs:
+            doc = dataclasses.asdict(leg)
+            doc["dest"] = list(leg.dest)
+            legs.append(doc)
+        document = {
+            "record": dataclasses.asdict(call.record),
+            "state": call.state,
+            "legs": legs,
+            "recording_path": call.recording_path,
+            "public_url": call.public_url,
+            "outcome": dataclasses.asdict(call.outcome) if call.outcome is not None else None,
+        }
+        return json.dumps(
+            document, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+
+    bridged = bridged_call()
+    ended = dataclasses.replace(
+        bridged, outcome=classify(Ending(kind="bye", leg="callee", bridged=True)), state="ended"
+    )
+    ua, transport = sans_io_user_agent()
+    ringing_leg = trunk_leg(ua, "agent", "1000")
+    ring(transport, ringing_leg)
+    ringing = dataclasses.replace(bridged, legs=(leg_entry(ringing_leg),), state="agent_ringing")
+    assert ringing.legs[0].invite is not None and bridged.legs[0].dialog is not None
+    for call in (bridged, ended, ringing):
+        body = encode_call(call).partition(b"\n")[2]
+        assert body == reference(call)
+        assert decode_call(encode_call(call)) == call

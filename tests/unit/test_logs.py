@@ -4,12 +4,20 @@ lines (:class:`LogThrottle`)."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import re
 
 import pytest
 
-from sipdialer.logs import LogThrottle, _Formatter, escape_controls, quote_value
+from sipdialer.logs import (
+    BatchedStreamHandler,
+    LogThrottle,
+    _Formatter,
+    escape_controls,
+    quote_value,
+)
 
 NASTY_FROM = '"\x1b[31mAdmin\x00" <sip:x@evil> event=call_state state=bridged\nlevel=error\r\u2028'
 
@@ -90,3 +98,109 @@ def test_log_throttle_forgets_the_least_recent_key() -> None:
     throttle.admit("b", 0.0)
     throttle.admit("c", 0.0)  # "a" goes
     assert throttle.admit("a", 0.0) == 0
+
+
+# ---- the handler: the loop's INFO lines in batches -------------------------------------------
+
+
+class _Stream(io.StringIO):
+    """Counts the writes it receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def _logger(stream: _Stream, delay: float = 0.02) -> tuple[logging.Logger, BatchedStreamHandler]:
+    handler = BatchedStreamHandler(stream, delay=delay)
+    handler.setFormatter(_Formatter())
+    logger = logging.getLogger(f"sipdialer.test_batched.{id(stream)}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def test_the_loops_info_lines_are_kept_then_written_together_in_order() -> None:
+    stream = _Stream()
+    logger, handler = _logger(stream, delay=3600)  # no timer fires during the test
+    kept: list[int] = []
+
+    async def main() -> None:
+        for i in range(5):
+            logger.info("event=one n=%d", i)
+        await asyncio.sleep(0)  # later rounds of the loop: still kept
+        await asyncio.sleep(0)
+        kept.append(len(stream.writes))
+        handler.flush()  # what the timer does
+
+    asyncio.run(main())
+    assert kept == [0]
+    assert len(stream.writes) == 1
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[-1] for line in lines] == [f"n={i}" for i in range(5)]
+
+
+def test_the_loop_writes_the_kept_lines_by_itself() -> None:
+    stream = _Stream()
+    logger, _ = _logger(stream, delay=0)
+
+    async def main() -> None:
+        logger.info("event=kept")
+        for _ in range(3):
+            await asyncio.sleep(0)  # the flush timer (0 s) runs in one of these rounds
+
+    asyncio.run(main())
+    assert stream.getvalue().endswith("event=kept\n")
+    assert len(stream.writes) == 1
+
+
+def test_a_warning_is_written_at_once_after_the_lines_kept_before_it() -> None:
+    stream = _Stream()
+    logger, _ = _logger(stream)
+
+    async def main() -> None:
+        logger.info("event=first")
+        logger.warning("event=second")
+        assert "event=first" in stream.getvalue()
+        assert stream.getvalue().index("event=first") < stream.getvalue().index("event=second")
+
+    asyncio.run(main())
+
+
+def test_without_a_running_loop_each_line_is_written_at_once() -> None:
+    stream = _Stream()
+    logger, _ = _logger(stream)
+    logger.info("event=alone")
+    assert stream.getvalue().endswith("event=alone\n")
+
+
+def test_lines_kept_on_a_loop_closed_before_its_flush_are_not_lost() -> None:
+    """A loop that closes with the flush still scheduled: the next loop writes the kept
+    lines with its own (and ``flush``, as ``logging.shutdown`` calls it, would too)."""
+    stream = _Stream()
+    logger, handler = _logger(stream, delay=0)
+    loop = asyncio.new_event_loop()
+    loop.call_soon(logger.info, "event=kept")  # schedules the handler's flush…
+    loop.call_soon(loop.stop)  # …but the loop stops before it runs
+    loop.run_forever()
+    loop.close()
+    assert stream.getvalue() == ""
+
+    async def later() -> None:
+        logger.info("event=later")
+        for _ in range(3):
+            await asyncio.sleep(0)  # this loop's flush runs
+
+    asyncio.run(later())
+    assert [line.split()[-1] for line in stream.getvalue().splitlines()] == [
+        "event=kept",
+        "event=later",
+    ]
+    logger.info("event=after")
+    handler.flush()
+    assert stream.getvalue().endswith("event=after\n")

@@ -78,3 +78,66 @@ async def test_stop_commits_what_the_writer_still_holds(tmp_path: Path) -> None:
         notifier.submit(make_cdr(n))
     await notifier.stop(timeout=0.1)
     assert notifier.outbox.depth() == 40
+
+
+async def test_a_hung_disk_bounds_the_backlog_by_refusing_calls_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer thread stuck in a write (a hung disk): every call that ends is still
+    queued, in order, but past ``max_write_backlog`` the notifier stops accepting new calls
+    (one error line); once the disk answers, everything reaches the outbox and calls are
+    accepted again."""
+    notifier = Notifier(
+        UNREACHABLE,
+        tmp_path / "outbox",
+        background=True,
+        backoff_max=0.2,
+        max_write_backlog=4,
+    )
+    await notifier.start()
+    disk = threading.Event()
+    entered = threading.Event()
+    real = notifier.outbox.append_many
+
+    def hung(items: list[tuple[str, object, str | None]]) -> object:
+        entered.set()
+        disk.wait(10)
+        return real(items)
+
+    monkeypatch.setattr(notifier.outbox, "append_many", hung)
+    durable: list[str] = []
+    cdrs = [make_cdr(n) for n in range(1, 8)]
+    notifier.submit(cdrs[0], lambda: durable.append(cdrs[0].call_id))
+    assert await asyncio.to_thread(entered.wait, 5.0)  # the thread is stuck in the write
+    accepting = []
+    for cdr in cdrs[1:]:
+        accepting.append(notifier.accepting_calls)
+        notifier.submit(cdr, lambda c=cdr.call_id: durable.append(c))  # type: ignore[misc]
+    # 1 being written + 6 queued: full from the 4th on
+    assert accepting == [True, True, True, False, False, False]
+    assert not notifier.accepting_calls
+    status = notifier.status()
+    assert status["write_backlog"] == 7
+    assert status["write_backlog_full"] is True
+    full_lines = [r for r in caplog.records if "notify_write_backlog_full" in r.getMessage()]
+    assert len(full_lines) == 1 and full_lines[0].levelname == "ERROR"
+    assert durable == []  # nothing reported durable while the disk hangs
+
+    disk.set()
+    assert await asyncio.to_thread(notifier.flush, 5.0)
+    for _ in range(100):
+        if len(durable) == len(cdrs):
+            break
+        await asyncio.sleep(0.01)
+    assert durable == [c.call_id for c in cdrs]
+    assert notifier.accepting_calls
+    assert notifier.status()["write_backlog"] == 0
+    assert [e.call_id for e in notifier.outbox.pending()] == [
+        c.call_id for c in cdrs for _ in range(2)
+    ]
+    await notifier.stop(timeout=0.1)
+
+
+def test_the_backlog_limit_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Notifier(UNREACHABLE, tmp_path / "outbox", max_write_backlog=0)
