@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import socket
 import struct
@@ -28,7 +27,6 @@ import pytest
 import soundfile
 
 from sipdialer.rtp import control as c
-from sipdialer.rtp import packet
 from sipdialer.rtp.pool import (
     MediaPool,
     MediaRequestFailed,
@@ -40,66 +38,20 @@ from sipdialer.rtp.pool import (
 from sipdialer.rtp.ports import PortAllocator, PortsExhausted
 from sipdialer.rtp.recorder import recordings_disk
 from sipdialer.rtp.relay import Codec, MediaAddressError, MediaLeg
+from tests.fixtures.rtp_phones import HOST, PCMA, PCMU, Phone, phone, port_range
 
-HOST = "127.0.0.1"
-PCMU = Codec("PCMU", 0, 101)
-PCMA = Codec("PCMA", 8, 101)
-
-
-class Phone(asyncio.DatagramProtocol):
-    """A fake endpoint: sends RTP to a port of the relay, queues what it receives."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-        self.seq = random.randrange(65536)
-        self.ts = random.randrange(2**32)
-        self.ssrc = random.randrange(2**32)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.queue.put_nowait(data)
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return host, port
-
-    def send(self, port: int, payload: bytes, pt: int = 0) -> None:
-        assert self.transport is not None
-        data = packet.build(pt, self.seq, self.ts, self.ssrc, payload)
-        self.transport.sendto(data, (HOST, port))
-        self.seq = (self.seq + 1) & 0xFFFF
-        self.ts = (self.ts + 160) & 0xFFFFFFFF
-
-    async def recv(self, timeout: float = 5.0) -> tuple[packet.RtpHeader, bytes]:
-        data = await asyncio.wait_for(self.queue.get(), timeout)
-        hdr = packet.parse(data)
-        assert hdr is not None, data
-        return hdr, data[hdr.header_length : hdr.payload_end]
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+WAIT = 5.0  # seconds a phone waits for a packet: the relay is another process here
 
 
-async def phone() -> Phone:
-    loop = asyncio.get_running_loop()
-    _, p = await loop.create_datagram_endpoint(Phone, local_addr=(HOST, 0))
-    return p
-
-
-def port_range() -> tuple[int, int]:
-    base = random.randrange(12000, 19000, 2)
-    return base, base + 199
+def pool_ports(n: int = 200) -> tuple[int, int]:
+    """A random range of ``n`` ports for a pool, from 12000-19000 (below the range of
+    the in-process relay tests)."""
+    return port_range(n, low=12000, high=19000)
 
 
 @pytest.fixture
 async def pool() -> AsyncIterator[MediaPool]:
-    p = MediaPool(2, HOST, port_range(), stats_interval=0.2, restart_delay=0.05)
+    p = MediaPool(2, HOST, pool_ports(), stats_interval=0.2, restart_delay=0.05)
     await p.start()
     try:
         yield p
@@ -134,7 +86,7 @@ class Call:
 
 async def call(pool: MediaPool, codec_b: Codec = PCMU) -> Call:
     bridge = await pool.open()
-    a, b = await phone(), await phone()
+    a, b = await phone(timeout=WAIT), await phone(timeout=WAIT)
     bridge.a.set_remote(a.addr, PCMU)
     bridge.b.set_remote(b.addr, codec_b)
     bridge.connect()
@@ -272,7 +224,7 @@ async def test_kill_9_ends_only_that_workers_bridges(tmp_path: Path) -> None:
     pool = MediaPool(
         2,
         HOST,
-        port_range(),
+        pool_ports(),
         stats_interval=0.2,
         restart_delay=0.05,
         on_lost=lambda b, why: lost.append((b.id, why)),
@@ -324,7 +276,7 @@ async def test_kill_9_ends_only_that_workers_bridges(tmp_path: Path) -> None:
 async def test_a_worker_that_stops_reading_is_replaced() -> None:
     """SIGSTOP: alive, not reading. Once its unread requests pass the backlog limit its
     bridges are lost and it is killed and replaced."""
-    pool = MediaPool(2, HOST, port_range(), restart_delay=0.05, max_backlog=64 * 1024)
+    pool = MediaPool(2, HOST, pool_ports(), restart_delay=0.05, max_backlog=64 * 1024)
     await pool.start()
     try:
         x = await call(pool)
@@ -376,7 +328,7 @@ async def test_open_waits_for_no_dead_worker(pool: MediaPool) -> None:
 
 async def test_pinned_workers_run_one_per_cpu() -> None:
     cpus = sorted(os.sched_getaffinity(0))
-    pool = MediaPool(2, HOST, port_range(), pin_cpus=True)
+    pool = MediaPool(2, HOST, pool_ports(), pin_cpus=True)
     await pool.start()
     try:
         for i, w in enumerate(pool.info()):
@@ -395,8 +347,7 @@ async def test_pinned_workers_run_one_per_cpu() -> None:
 
 
 async def test_a_full_slice_sends_the_bridge_to_another_worker() -> None:
-    low = random.randrange(12000, 19000, 2)
-    pool = MediaPool(2, HOST, (low, low + 15))  # 8 even ports: 4 per worker, 2 bridges
+    pool = MediaPool(2, HOST, pool_ports(16))  # 8 even ports: 4 per worker, 2 bridges
     busy: list[socket.socket] = []
     try:
         lo1, hi1 = pool.slices[1]
@@ -478,7 +429,7 @@ async def test_srtp_keys_reach_the_worker(pool: MediaPool) -> None:
         x.bridge.a.set_srtp(None, key)  # outbound only: A receives SRTP
         await x.bridge.refresh()  # applied
         x.b.send(x.bridge.b.local_port, b"\x01" * 160)
-        data = await asyncio.wait_for(x.a.queue.get(), 5)
+        data = await x.a.datagram()
         assert len(data) == 172 + 10  # the 80-bit authentication tag
         await x.bridge.b.set_srtp_checked(Key("AEAD_AES_128_GCM", bytes(28)), None)
         x.b.send(x.bridge.b.local_port, b"\x02" * 160)  # plain RTP: fails authentication
@@ -516,7 +467,7 @@ async def _events(reader: asyncio.StreamReader, frames: c.FrameReader, n: int) -
 
 
 async def test_worker_answers_invalid_messages_naming_the_field() -> None:
-    low, high = port_range()
+    low, high = pool_ports()
     proc, reader, writer = await _raw_worker(low, high)
     frames = c.FrameReader()
     try:
@@ -570,7 +521,7 @@ async def test_worker_answers_invalid_messages_naming_the_field() -> None:
 
 async def test_worker_exits_when_its_channel_closes(tmp_path: Path) -> None:
     """EOF: the worker closes its bridges (the recording is finished) and exits."""
-    low, high = port_range()
+    low, high = pool_ports()
     proc, reader, writer = await _raw_worker(low, high)
     frames = c.FrameReader()
     await _events(reader, frames, 1)
@@ -590,7 +541,7 @@ async def test_worker_exits_when_its_channel_closes(tmp_path: Path) -> None:
 
 
 async def test_shutdown_leaves_no_child_process(tmp_path: Path) -> None:
-    pool = MediaPool(2, HOST, port_range(), stats_interval=0.2)
+    pool = MediaPool(2, HOST, pool_ports(), stats_interval=0.2)
     await pool.start()
     pids = [w["pid"] for w in pool.info()]
     x = await call(pool)
@@ -630,7 +581,7 @@ ADDRESSES = [
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "::"])
 async def test_media_address_matches_the_relay(host: str) -> None:
-    allocator = PortAllocator(*port_range())
+    allocator = PortAllocator(*pool_ports())
     try:
         sock = allocator.allocate(host)
     except OSError:

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import random
 import select
 import termios
 import threading
@@ -21,50 +20,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import soundfile
 
-from sipdialer.rtp import g711, packet
+from sipdialer.rtp import g711
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import BUFFER_CAP, Recorder
-from sipdialer.rtp.relay import Bridge, Codec
+from sipdialer.rtp.relay import Bridge
 from tests.fixtures import ports
-
-HOST = "127.0.0.1"
-PCMU = Codec("PCMU", 0, 101)
-SILENCE = b"\xff" * 160  # µ-law zero
-
-
-class Phone(asyncio.DatagramProtocol):
-    """One side's endpoint: sends RTP to its leg, counts (and drops) what it receives."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.seq = random.randrange(65536)
-        self.ts = random.randrange(2**32)
-        self.ssrc = random.randrange(2**32)
-        self.received = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.received += 1
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return host, port
-
-    def send(self, port: int, payload: bytes, step: int = 160) -> None:
-        assert self.transport is not None
-        self.transport.sendto(packet.build(0, self.seq, self.ts, self.ssrc, payload), (HOST, port))
-        self.seq = (self.seq + 1) & 0xFFFF
-        self.ts = (self.ts + step) & 0xFFFFFFFF
+from tests.fixtures.rtp_phones import HOST, PCMU, SILENCE, Phone, phone, tone
 
 
 @dataclass
@@ -91,8 +58,7 @@ async def recorded_bridge(path: Path) -> AsyncIterator[Lab]:
     loop = asyncio.get_running_loop()
     base = ports.free_port_range(20, "udp")
     bridge = await Bridge.open(HOST, PortAllocator(base, base + 19))
-    _, a = await loop.create_datagram_endpoint(Phone, local_addr=(HOST, 0))
-    _, b = await loop.create_datagram_endpoint(Phone, local_addr=(HOST, 0))
+    a, b = await phone(), await phone()
     try:
         bridge.a.set_remote(a.addr, PCMU)
         bridge.b.set_remote(b.addr, PCMU)
@@ -102,9 +68,8 @@ async def recorded_bridge(path: Path) -> AsyncIterator[Lab]:
         yield Lab(bridge, a, b, recorder)
     finally:
         await bridge.close()
-        for phone in (a, b):
-            assert phone.transport is not None
-            phone.transport.close()
+        a.close()
+        b.close()
         ports.release(range(base, base + 20))
 
 
@@ -112,11 +77,6 @@ def held_bytes(rec: Recorder) -> int:
     """Audio bytes the recorder holds in memory: pending payloads and placed samples not
     yet written, of both channels (read from its channels, not from its own count)."""
     return sum(sum(len(p) for p in ch.payloads) + ch.tail.nbytes for ch in (rec.a, rec.b))
-
-
-def tone(hz: float, n: int, start: int = 0) -> npt.NDArray[np.int16]:
-    t = (start + np.arange(n)) / 8000
-    return (np.sin(2 * np.pi * hz * t) * 8000).astype(np.int16)
 
 
 def rms(x: npt.NDArray[Any]) -> float:

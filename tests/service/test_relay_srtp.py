@@ -1,11 +1,12 @@
 """SRTP in the RTP relay (issue 13, point 3), on real loopback sockets under uvloop and
 asyncio's loop. No SIP.
 
-The two phones are plain UDP endpoints that encrypt and decrypt with pylibsrtp
-themselves (not through :mod:`sipdialer.rtp.srtp`), each with its own key per direction:
-``tx`` is the key a phone sends with (its leg's *inbound* key), ``rx`` the key the
-relay encrypts to it with (its leg's *outbound* key). What a phone receives is checked
-twice: the raw datagram is not the clear packet, and it decrypts with ``rx``.
+The two phones (``tests/fixtures/rtp_phones.py``) are plain UDP endpoints that encrypt
+and decrypt with pylibsrtp themselves (not through :mod:`sipdialer.rtp.srtp`), each with
+its own key per direction: ``tx`` is the key a phone sends with (its leg's *inbound*
+key), ``rx`` the key the relay encrypts to it with (its leg's *outbound* key). What a
+phone receives is checked twice: the raw datagram is not the clear packet, and it
+decrypts with ``rx``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import asyncio
 import os
 import random
 import struct
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pylibsrtp
@@ -25,154 +25,29 @@ import soundfile
 
 from sipdialer.rtp import g711, packet
 from sipdialer.rtp.latch import LEARN_RUN
-from sipdialer.rtp.packet import RtpHeader
-from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.recorder import Recorder
-from sipdialer.rtp.relay import Bridge, Codec
-from sipdialer.rtp.srtp import PROFILES, SrtpKey, SrtpSetupError
+from sipdialer.rtp.relay import Bridge
+from sipdialer.rtp.srtp import SrtpKey, SrtpSetupError
 from sipdialer.sip.sdp_crypto import SUITES
+from tests.fixtures import rtp_phones
+from tests.fixtures.rtp_phones import (
+    PCMA,
+    PCMU,
+    Phone,
+    Scenario,
+    phone,
+    session,
+    tone,
+    with_bridge,
+)
 
-HOST = "127.0.0.1"
-PCMU = Codec("PCMU", 0, 101)
-PCMA = Codec("PCMA", 8, 101)
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 
-Scenario = Callable[[], Coroutine[Any, Any, None]]
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable[[Scenario], None]:
-    """Run a scenario coroutine on a fresh loop of the given kind."""
-    if request.param == "uvloop":
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-
-    def runner(scenario: Scenario) -> None:
-        with asyncio.Runner(loop_factory=factory) as r:
-            r.run(asyncio.wait_for(scenario(), 20))
-
-    return runner
-
-
-def allocator() -> PortAllocator:
-    base = random.randrange(20000, 29000, 2)
-    return PortAllocator(base, base + 99)
+run = rtp_phones.run  # asyncio's loop and uvloop, requested by name below
 
 
 def new_key(suite: str = SUITE) -> SrtpKey:
     return SrtpKey(suite, os.urandom(SUITES[suite].key_salt_length))
-
-
-def session(key: SrtpKey, inbound: bool) -> pylibsrtp.Session:
-    ssrc_type = pylibsrtp.Policy.SSRC_ANY_INBOUND if inbound else pylibsrtp.Policy.SSRC_ANY_OUTBOUND
-    return pylibsrtp.Session(
-        pylibsrtp.Policy(key=key.key_salt, ssrc_type=ssrc_type, srtp_profile=PROFILES[key.suite])
-    )
-
-
-def tone(hz: float, n: int, amp: float = 8000.0) -> np.ndarray:
-    return (np.sin(2 * np.pi * hz * np.arange(n) / 8000) * amp).astype(np.int16)
-
-
-class Phone(asyncio.DatagramProtocol):
-    """A fake endpoint that speaks SRTP with its own keys (or plain RTP without)."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-        self.seq = random.randrange(65536)
-        self.ts = random.randrange(2**32)
-        self.ssrc = random.randrange(2**32)
-        self.tx: SrtpKey | None = None
-        self.rx: SrtpKey | None = None
-        self._tx: pylibsrtp.Session | None = None
-        self._rx: pylibsrtp.Session | None = None
-
-    def keys(self, tx: SrtpKey | None, rx: SrtpKey | None) -> None:
-        """Send with ``tx``, receive with ``rx`` (each None: plain RTP that way)."""
-        if tx != self.tx:
-            self.tx, self._tx = tx, None if tx is None else session(tx, inbound=False)
-        if rx != self.rx:
-            self.rx, self._rx = rx, None if rx is None else session(rx, inbound=True)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.queue.put_nowait(data)
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return host, port
-
-    def send_raw(self, port: int, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data, (HOST, port))
-
-    def packet(self, payload: bytes, pt: int = 0) -> bytes:
-        """The next packet as sent on the wire (encrypted with ``tx`` if set)."""
-        clear = packet.build(pt, self.seq, self.ts, self.ssrc, payload)
-        self.seq = (self.seq + 1) & 0xFFFF
-        self.ts = (self.ts + 160) & 0xFFFFFFFF
-        return clear if self._tx is None else self._tx.protect(clear)
-
-    def send(self, port: int, payload: bytes, pt: int = 0) -> bytes:
-        data = self.packet(payload, pt)
-        self.send_raw(port, data)
-        return data
-
-    async def recv(self, timeout: float = 2.0) -> tuple[RtpHeader, bytes]:
-        """The next packet's header and clear payload; with ``rx`` set, also checks that
-        it came encrypted (its payload is not the clear one) and decrypts it."""
-        data = await asyncio.wait_for(self.queue.get(), timeout)
-        if self._rx is not None:
-            clear = self._rx.unprotect(data)
-            assert len(data) == len(clear) + SUITES[self.rx.suite].tag_length  # type: ignore[union-attr]
-            assert data[:12] == clear[:12] and data[12:-1] != clear[12:]
-            data = clear
-        hdr = packet.parse(data)
-        assert hdr is not None, data
-        return hdr, data[hdr.header_length : hdr.payload_end]
-
-    async def nothing(self, wait: float = 0.15) -> None:
-        await asyncio.sleep(wait)
-        assert self.queue.empty(), f"unexpected packets: {self.queue.qsize()}"
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-async def phone() -> Phone:
-    loop = asyncio.get_running_loop()
-    _, p = await loop.create_datagram_endpoint(Phone, local_addr=(HOST, 0))
-    return p
-
-
-def with_bridge(
-    fn: Callable[[Bridge, Phone, Phone], Awaitable[None]],
-    codec_a: Codec = PCMU,
-    codec_b: Codec = PCMU,
-) -> Scenario:
-    async def scenario() -> None:
-        bridge = await Bridge.open(HOST, allocator())
-        pa, pb = await phone(), await phone()
-        bridge.a.set_remote(pa.addr, codec_a)
-        bridge.b.set_remote(pb.addr, codec_b)
-        bridge.connect()
-        try:
-            await fn(bridge, pa, pb)
-        finally:
-            await bridge.close()
-            pa.close()
-            pb.close()
-
-    return scenario
 
 
 def encrypt(bridge: Bridge, side: str, p: Phone, suite: str = SUITE) -> None:
@@ -235,7 +110,7 @@ def test_srtp_to_srtp_with_a_key_per_leg_and_direction(
             assert got == two
         # what B receives is under B's outbound key only: A's key does not open it
         pa.send(bridge.a.local_port, b"\x11" * 160)
-        data = await asyncio.wait_for(pb.queue.get(), 2)
+        data = await pb.datagram()
         assert pa.rx is not None and pa.tx is not None
         for wrong in (pa.rx, pa.tx):
             with pytest.raises(pylibsrtp.Error):

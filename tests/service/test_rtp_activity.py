@@ -4,7 +4,7 @@ The call's RTP timeout is per leg (issue 12.5) and fed from each leg's ``last_rx
 packet moves only its own leg's time, and only packets of the leg's negotiated audio,
 telephone-event or static G.711 payload types count. CN and unknown payload types do not
 (a peer that keeps sending those carries no audio). The bridge and fake phones are
-``test_rtp_relay.py``'s.
+``tests/fixtures/rtp_phones.py``'s.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import pytest
 
 from sipdialer.rtp import g711
 from sipdialer.rtp.relay import Bridge, MediaLeg
-from tests.service import test_rtp_relay
-from tests.service.test_rtp_relay import Phone, Scenario, tone, with_bridge
+from tests.fixtures import rtp_phones
+from tests.fixtures.rtp_phones import Phone, Scenario, tone, with_bridge
 
-# test_rtp_relay's fixture (asyncio's loop and uvloop), requested by name below
-run = test_rtp_relay.run
+run = rtp_phones.run  # asyncio's loop and uvloop, requested by name below
 
 
 async def arrived(leg: MediaLeg, packets_in: int) -> None:

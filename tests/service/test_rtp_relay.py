@@ -11,9 +11,8 @@ import itertools
 import random
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -25,46 +24,20 @@ from sipdialer.rtp.packet import RtpHeader
 from sipdialer.rtp.ports import PortAllocator, PortsExhausted
 from sipdialer.rtp.recorder import Recorder
 from sipdialer.rtp.relay import Bridge, Codec
+from tests.fixtures import rtp_phones
 from tests.fixtures.rtp_phones import (
     HOST,
     PCMA,
     PCMU,
     Phone,
+    Scenario,
     allocator,
-    close_all,
     phone,
-    setup,
     tone,
+    with_bridge,
 )
 
-Scenario = Callable[[], Coroutine[Any, Any, None]]
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable[[Scenario], None]:
-    """Run a scenario coroutine on a fresh loop of the given kind."""
-    if request.param == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        factory = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-
-    def runner(scenario: Scenario) -> None:
-        with asyncio.Runner(loop_factory=factory) as r:
-            r.run(asyncio.wait_for(scenario(), 20))
-
-    return runner
-
-
-def with_bridge(fn: Callable[[Bridge, Phone, Phone], Awaitable[None]], **kw: Any) -> Scenario:
-    async def scenario() -> None:
-        bridge, pa, pb = await setup(**kw)
-        try:
-            await fn(bridge, pa, pb)
-        finally:
-            await close_all(bridge, pa, pb)
-
-    return scenario
+run = rtp_phones.run  # asyncio's loop and uvloop, requested by name below
 
 
 # -- relaying ----------------------------------------------------------------------------

@@ -8,83 +8,17 @@ import asyncio
 import itertools
 import random
 import socket
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
-from sipdialer.rtp import packet
 from sipdialer.rtp.latch import LEARN_RUN
 from sipdialer.rtp.ports import PortAllocator
 from sipdialer.rtp.relay import Bridge, Codec, MediaAddressError
+from tests.fixtures import rtp_phones
+from tests.fixtures.rtp_phones import PCMU, SILENCE, Scenario, allocator, phone
 
-PCMU = Codec("PCMU", 0, 101)
-Scenario = Callable[[], Coroutine[Any, Any, None]]
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable[[Scenario], None]:
-    """Run a scenario coroutine on a fresh loop of the given kind."""
-    if request.param == "uvloop":
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-
-    def runner(scenario: Scenario) -> None:
-        with asyncio.Runner(loop_factory=factory) as r:
-            r.run(asyncio.wait_for(scenario(), 20))
-
-    return runner
-
-
-def allocator(n: int = 100) -> PortAllocator:
-    base = random.randrange(20000, 29000, 2)
-    return PortAllocator(base, base + n - 1)
-
-
-class Peer(asyncio.DatagramProtocol):
-    """A UDP endpoint that sends in-sequence RTP and queues what it receives."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-        self.seq = random.randrange(65536)
-        self.ssrc = random.randrange(2**32)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.queue.put_nowait(data)
-
-    @property
-    def addr(self) -> tuple[Any, ...]:
-        assert self.transport is not None
-        return tuple(self.transport.get_extra_info("sockname"))
-
-    def send(self, dest: tuple[str, int], payload: bytes = b"\xff" * 160) -> None:
-        assert self.transport is not None
-        self.transport.sendto(packet.build(0, self.seq, self.seq * 160, self.ssrc, payload), dest)
-        self.seq = (self.seq + 1) & 0xFFFF
-
-    async def recv(self, timeout: float = 2.0) -> bytes:
-        return await asyncio.wait_for(self.queue.get(), timeout)
-
-    async def nothing(self, wait: float = 0.15) -> None:
-        await asyncio.sleep(wait)
-        assert self.queue.empty(), f"unexpected packets: {self.queue.qsize()}"
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-async def peer(host: str = "127.0.0.1") -> Peer:
-    loop = asyncio.get_running_loop()
-    _, p = await loop.create_datagram_endpoint(Peer, local_addr=(host, 0))
-    return p
+run = rtp_phones.run  # asyncio's loop and uvloop, requested by name below
 
 
 # -- ports ---------------------------------------------------------------------------------
@@ -173,29 +107,29 @@ def test_sprayed_rtp_is_dropped_and_counted(run: Callable[[Scenario], None]) -> 
 
     async def scenario() -> None:
         bridge = await Bridge.open("127.0.0.1", allocator())
-        pa, pb, evil = await peer(), await peer(), await peer("127.0.0.66")
+        pa, pb, evil = await phone(), await phone(), await phone("127.0.0.66")
         try:
             bridge.a.set_remote(pa.addr, PCMU)
             bridge.connect()
-            dest = ("127.0.0.1", bridge.b.local_port)
+            port = bridge.b.local_port  # all three send to 127.0.0.1
             for _ in range(3):  # before B's SDP is known: nothing latches
-                evil.send(dest)
+                evil.send(port, SILENCE)
             await asyncio.sleep(0.05)
             assert bridge.b.source is None and bridge.b.packets_foreign == 3
             bridge.b.set_remote(pb.addr, PCMU)
-            evil.send(dest)
-            pb.send(dest, b"\x01" * 160)  # the phone: latched at its first packet
-            got = await pa.recv()
+            evil.send(port, SILENCE)
+            pb.send(port, b"\x01" * 160)  # the phone: latched at its first packet
+            got = await pa.datagram()
             assert got[12:] == b"\x01" * 160
             for _ in range(3 * LEARN_RUN):  # a long, paced run: still foreign
-                evil.send(dest)
+                evil.send(port, SILENCE)
                 await asyncio.sleep(0.01)
             await pa.nothing()
             assert bridge.b.source == pb.addr == bridge.b.remote
             assert bridge.b.packets_foreign == 4 + 3 * LEARN_RUN
             assert bridge.b.packets_dropped >= bridge.b.packets_foreign
-            pa.send(("127.0.0.1", bridge.a.local_port), b"\x02" * 160)
-            assert (await pb.recv())[12:] == b"\x02" * 160
+            pa.send(bridge.a.local_port, b"\x02" * 160)
+            assert (await pb.datagram())[12:] == b"\x02" * 160
             await evil.nothing(0.05)  # the attacker never hears anything
         finally:
             await bridge.close()
@@ -211,15 +145,15 @@ def test_ipv6_leg_latches_onto_the_sdp_address(run: Callable[[Scenario], None]) 
 
     async def scenario() -> None:
         bridge = await Bridge.open("::1", allocator())
-        pa, pb = await peer("::1"), await peer("::1")
+        pa, pb = await phone("::1"), await phone("::1")  # each sends to ::1
         try:
             bridge.a.set_remote(("0:0:0:0:0:0:0:1", pa.addr[1]), PCMU)  # long form
             bridge.b.set_remote(("::1", pb.addr[1]), PCMU)
             bridge.connect()
-            pa.send(("::1", bridge.a.local_port), b"\x03" * 160)
-            assert (await pb.recv())[12:] == b"\x03" * 160
-            pb.send(("::1", bridge.b.local_port), b"\x04" * 160)
-            assert (await pa.recv())[12:] == b"\x04" * 160
+            pa.send(bridge.a.local_port, b"\x03" * 160)
+            assert (await pb.datagram())[12:] == b"\x03" * 160
+            pb.send(bridge.b.local_port, b"\x04" * 160)
+            assert (await pa.datagram())[12:] == b"\x04" * 160
             assert bridge.a.source is not None and bridge.a.source[:2] == ("::1", pa.addr[1])
             assert bridge.a.packets_foreign == bridge.b.packets_foreign == 0
             with pytest.raises(MediaAddressError):
@@ -239,7 +173,7 @@ def test_dual_stack_socket_takes_ipv4_sdp(run: Callable[[Scenario], None]) -> No
 
     async def scenario() -> None:
         bridge = await Bridge.open("::", allocator())
-        pa, pb = await peer(), await peer()
+        pa, pb = await phone(), await phone()
         try:
             if bridge.a.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
                 pytest.fail("this host's IPv6 sockets are v6-only (net.ipv6.bindv6only)")
@@ -247,8 +181,8 @@ def test_dual_stack_socket_takes_ipv4_sdp(run: Callable[[Scenario], None]) -> No
             bridge.b.set_remote(pb.addr, PCMU)
             assert bridge.a.remote == (f"::ffff:{pa.addr[0]}", pa.addr[1], 0, 0)
             bridge.connect()
-            pa.send(("127.0.0.1", bridge.a.local_port), b"\x05" * 160)
-            assert (await pb.recv())[12:] == b"\x05" * 160
+            pa.send(bridge.a.local_port, b"\x05" * 160)
+            assert (await pb.datagram())[12:] == b"\x05" * 160
             assert bridge.a.latch.exact
         finally:
             await bridge.close()
@@ -298,7 +232,7 @@ def test_a_leg_on_hold_from_the_start_still_learns_its_sender(
 
     async def scenario() -> None:
         bridge = await Bridge.open("127.0.0.1", allocator())
-        pa, pb = await peer(), await peer()
+        pa, pb = await phone(), await phone()
         try:
             bridge.a.set_remote(pa.addr, PCMU)
             bridge.b.set_remote(("0.0.0.0", 4000), PCMU)
@@ -306,11 +240,11 @@ def test_a_leg_on_hold_from_the_start_still_learns_its_sender(
             bridge.connect()
             assert bridge.b.remote is None
             for _ in range(LEARN_RUN):
-                pb.send(("127.0.0.1", bridge.b.local_port))
+                pb.send(bridge.b.local_port, SILENCE)
                 await asyncio.sleep(0.02)
-            await pa.recv()
+            await pa.datagram()
             assert bridge.b.source == pb.addr
-            pa.send(("127.0.0.1", bridge.a.local_port))
+            pa.send(bridge.a.local_port, SILENCE)
             await pb.nothing()  # held: nothing sent to B
         finally:
             await bridge.close()
