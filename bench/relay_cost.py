@@ -19,11 +19,14 @@ Two ways of delivering the packets (``--modes``):
 
 * ``direct`` — the driver calls :meth:`MediaLeg.datagram_received` with a 172-byte RTP
   packet (12-byte header, 160 bytes of PCMU) and the latched source address, one each way
-  per round: what the relay's Python does per packet, plus its real ``sendto``;
+  per round: what the relay's Python rules cost per packet, plus their real ``sendto``
+  (since the C fast path, only the packets it leaves to Python take that way: the first of
+  a stream, DTMF, SRTP, …);
 * ``loop`` — the driver's two phones (plain sockets in this process) each ``send`` one
   packet to their leg per round and the loop runs one iteration (``await sleep(0)``), so
-  uvloop's ``recvmsg``, its wake-up and its callback into the protocol are counted too:
-  one packet per wake-up per leg, the worst case (under load a wake-up may find several).
+  the loop's wake-up and the leg's reader (``_readable``, C: ``recvmmsg``, the fast path,
+  ``sendto``) are counted too — what a call's packets really cost: one packet per wake-up
+  per leg, the worst case (under load a wake-up may find several).
 
 The relay's clock is an ``itertools.count`` advancing 10 ms per call, so the recorder sees
 packets 20 ms apart on each leg (a C callable, like ``loop.time``). Each figure is the
