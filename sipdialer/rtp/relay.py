@@ -16,9 +16,10 @@ Behaviour:
   SDP yet: every packet is foreign. See :mod:`sipdialer.rtp.latch` for the rule.
 * **Unshareable sockets.** Each leg's socket is bound by the
   :class:`~sipdialer.rtp.ports.PortAllocator` (a random free even port) without
-  ``SO_REUSEADDR``/``SO_REUSEPORT``, and :meth:`Bridge.open` clears both again after
-  handing the socket to the loop (uvloop's ``create_datagram_endpoint(sock=…)`` sets
-  ``SO_REUSEADDR``), so no other socket can bind a live relay port (bpo-37228).
+  ``SO_REUSEADDR``/``SO_REUSEPORT``, and :meth:`Bridge.open` clears both once more after
+  handing the socket to the loop (uvloop's datagram transports used to set
+  ``SO_REUSEADDR``; the relay reads its sockets itself now, but the guarantee is kept
+  explicit), so no other socket can bind a live relay port (bpo-37228).
 * **Forwarding.** Same codec on both legs: the payload is forwarded untouched (PT
   rewritten if the numbers differ). PCMU↔PCMA: transcoded with G.711's code-conversion
   table in one ``bytes.translate``. Telephone-events (RFC 4733, the leg's ``dtmf_pt``)
@@ -64,8 +65,10 @@ Behaviour:
 
 **The hot path is in C** (:mod:`sipdialer.rtp._fastrelay`, the ``RelayCore`` base of
 :class:`MediaLeg`, which holds the leg's hot state as C members under the same names this
-module reads and writes). Each socket is read by the loop's reader callback
-``_readable()``: one ``recvmmsg`` for every datagram waiting, then per datagram either the
+module reads and writes). Every leg's socket is in one epoll set per event loop (its
+``Reactor``, one reader of the loop for all legs): a wake-up takes every ready leg at once
+and drains each with ``_readable()``: one ``recvmmsg`` for every datagram waiting, then per
+datagram either the
 *usual case* — plain RTP (no padding, extension, CSRC) of the negotiated audio PT from the
 latched source, which the recorder has room for, to a peer that is sending, has no
 ringback playing, no outbound SRTP and already carries this SSRC — counted, copied into the
@@ -107,7 +110,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from sipdialer.rtp._fastrelay import RelayCore
+from sipdialer.rtp._fastrelay import Reactor, RelayCore
 from sipdialer.rtp.errors import RtpError
 from sipdialer.rtp.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, encode
 from sipdialer.rtp.latch import Latch
@@ -156,6 +159,31 @@ def _encrypting(sendto: SendTo, sender: SrtpSender) -> SendTo:
         return sendto(protect(packet), addr)
 
     return send
+
+
+#: Each event loop's :class:`~sipdialer.rtp._fastrelay.Reactor` (while it watches a leg).
+_reactors: dict[asyncio.AbstractEventLoop, Reactor] = {}
+
+
+def _watch(leg: MediaLeg, loop: asyncio.AbstractEventLoop) -> None:
+    """Have ``loop`` read ``leg``'s socket: through the loop's one reactor (an epoll set
+    of every leg, one reader for all of them), made on first use."""
+    reactor = _reactors.get(loop)
+    if reactor is None:
+        reactor = Reactor()
+        loop.add_reader(reactor.fileno(), reactor.run)
+        _reactors[loop] = reactor
+    reactor.add(leg)
+
+
+def _unwatch(leg: MediaLeg, loop: asyncio.AbstractEventLoop) -> None:
+    """Stop reading ``leg``'s socket (before it closes); the last leg takes the reactor."""
+    reactor = _reactors.get(loop)
+    if reactor is not None and reactor.remove(leg) and reactor.legs == 0:
+        del _reactors[loop]
+        with contextlib.suppress(RuntimeError):  # a loop already closed has no readers
+            loop.remove_reader(reactor.fileno())
+        reactor.close()
 
 
 def _exclusive(sock: socket.socket) -> None:
@@ -473,8 +501,9 @@ class MediaLeg(RelayCore):
 
     # -- receiving ---------------------------------------------------------------------
 
-    # ``_readable()`` (RelayCore, C) is the loop's reader callback for the socket: it relays
-    # the usual datagrams itself and hands every other one to datagram_received.
+    # ``_readable()`` (RelayCore, C) drains the socket when the loop's reactor finds it
+    # ready: it relays the usual datagrams itself and hands every other one to
+    # datagram_received.
 
     def datagram_received(self, data: bytes, addr: Any) -> None:  # the rules, in Python
         if self._unprotect is not None:  # SRTP: only authentic packets go any further
@@ -691,8 +720,7 @@ class MediaLeg(RelayCore):
         self._sending = False
         self._record_to(None)
         if self._fd >= 0:
-            with contextlib.suppress(ValueError, OSError):  # no reader: never opened
-                self._loop.remove_reader(self._fd)
+            _unwatch(self, self._loop)
             self._fd = -1  # what _readable() checks between datagrams
         self.sock.close()
         if not self.closed.done():
@@ -736,7 +764,7 @@ class Bridge:
                 sock.setblocking(False)
                 leg = MediaLeg(name, sock, loop)
                 legs.append(leg)
-                loop.add_reader(sock.fileno(), leg._readable)
+                _watch(leg, loop)
                 _exclusive(sock)
         except BaseException:
             for leg in legs:

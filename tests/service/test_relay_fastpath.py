@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sipdialer.rtp import packet
+from sipdialer.rtp import packet, relay
 from sipdialer.rtp._fastrelay import SLOT
 from sipdialer.rtp.recorder import Recorder
 from sipdialer.rtp.relay import Bridge, Codec, MediaLeg
@@ -161,3 +161,24 @@ async def test_a_closed_leg_stops_reading_within_its_batch(
         assert bridge.a._fd == -1 and bridge.a.fast_packets == 0
     finally:
         await close_all(bridge, pa, pb)
+
+
+async def test_one_reactor_per_loop_watches_every_leg_and_goes_with_the_last() -> None:
+    """All legs of a loop are behind one epoll descriptor, one reader of the loop; it is
+    made with the first leg and closed with the last (no descriptor left behind)."""
+    loop = asyncio.get_running_loop()
+    assert loop not in relay._reactors
+    first = await setup()
+    reactor = relay._reactors[loop]
+    second = await setup()
+    assert relay._reactors[loop] is reactor and reactor.legs == 4
+    bridge, pa, pb = second
+    pa.send(bridge.a.local_port, bytes(160))
+    pa.send(bridge.a.local_port, bytes(160))
+    await pb.recv()
+    await pb.recv()
+    assert bridge.a.fast_packets == 1  # the second: the first latched, in Python
+    await close_all(*first)
+    assert reactor.legs == 2
+    await close_all(*second)
+    assert reactor.legs == 0 and loop not in relay._reactors and reactor.fileno() == -1
