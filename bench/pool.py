@@ -18,7 +18,11 @@ exactly like ``bench/bridge.py``'s relay; with two, worker 1 **shares the genera
 core** — on a 2-core machine there is no third core, so the N-worker figure is a lower
 bound of what N cores carry); the engine process, idle but for stats, sits on the first.
 ``cpu_pct`` and ``rss_kb_per_call`` in each result are worker 0's (the whole relay with
-one worker); each worker's CPU seconds and RSS over the run are in the details.
+one worker); each worker's CPU seconds and RSS over the run are in the details, and
+``engine_ping_p50_ms`` / ``engine_ping_p99_ms``: a thread of this process pings a UDP echo
+on the engine's event loop every 50 ms while the calls' media flows — how quickly the
+process that owns the pool (the service's, in a real deployment: SIP, API, /healthz) still
+answers while its workers carry the load (the engine shares worker 0's core).
 
 Without ``--ramp``: one load, the last line one JSON object. With ``--ramp``: ramps of
 the 1-worker pool and the ``--workers`` pool side by side (the order rotated from step to
@@ -35,8 +39,11 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import statistics
 import tempfile
+import threading
+import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -98,7 +105,18 @@ async def _engine(
     done = loop.create_future()
     inbox: asyncio.Queue[Any] = asyncio.Queue()
     loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
-    conn.send(("ready", pids))
+
+    class Echo(asyncio.DatagramProtocol):
+        """The engine's loop answering at once: what /healthz sees of the service's loop."""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            self.transport.sendto(data, addr)
+
+    echo, _ = await loop.create_datagram_endpoint(Echo, local_addr=(HOST, 0))
+    conn.send(("ready", pids, echo.get_extra_info("sockname")[1]))
 
     def totals() -> dict[str, int]:
         t = {"packets_in": 0, "packets_out": 0, "dropped": 0}
@@ -151,7 +169,46 @@ async def _engine(
         elif cmd == "exit":
             done.set_result(None)
     loop.remove_reader(conn.fileno())
+    echo.close()
     await pool.close()
+
+
+class Prober:
+    """A thread that pings the engine's loop every 50 ms over UDP and keeps the round
+    trips: the control process's responsiveness while its workers carry the media."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.rtts: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(2.0)
+            n = 0
+            while not self._stop.wait(0.05):
+                n += 1
+                t0 = time.monotonic()
+                s.sendto(n.to_bytes(8, "big"), (HOST, self.port))
+                try:
+                    while int.from_bytes(s.recv(64), "big") != n:
+                        pass
+                except TimeoutError:
+                    self.rtts.append(2.0)
+                    continue
+                self.rtts.append(time.monotonic() - t0)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join(5)
+        rtts = sorted(self.rtts) or [0.0]
+        return {
+            "engine_ping_p50_ms": round(1000 * rtts[len(rtts) // 2], 2),
+            "engine_ping_p99_ms": round(1000 * rtts[min(len(rtts) - 1, int(0.99 * len(rtts)))], 2),
+            "engine_pings": len(self.rtts),
+        }
 
 
 class PoolRelay:
@@ -168,6 +225,8 @@ class PoolRelay:
         self.record_dir: str | None = None
         self.proc: BaseProcess | None = None
         self.conn: Connection | None = None
+        self.prober: Prober | None = None
+        self.echo_port = 0
         self.calls = 0
 
     def start(self, calls: int) -> int:
@@ -182,7 +241,7 @@ class PoolRelay:
             daemon=True,
         )
         self.proc.start()
-        tag, pids = self.conn.recv()
+        tag, pids, self.echo_port = self.conn.recv()
         assert tag == "ready"
         return int(pids[0])  # worker 0: measure() takes its CPU and RSS
 
@@ -196,13 +255,17 @@ class PoolRelay:
     ) -> list[tuple[int, int]]:
         assert keys is None  # plain RTP (the pool carries SRTP keys; not benched here yet)
         self.calls = len(phones)
-        return [(int(a), int(b)) for a, b in self._ask("open", phones)]
+        ports = [(int(a), int(b)) for a, b in self._ask("open", phones)]
+        self.prober = Prober(self.echo_port)  # from now to close: the calls' media flowing
+        return ports
 
     def relayed(self) -> int:
         # the proxies' counters: up to one stats interval (1 s) old
         return int(self._ask("stats")["packets_out"])
 
     def close(self) -> dict[str, Any]:
+        pings = self.prober.stop() if self.prober is not None else {}
+        self.prober = None
         closed = self._ask("close")
         assert self.conn is not None and self.proc is not None
         self.conn.send(("exit",))
@@ -215,12 +278,16 @@ class PoolRelay:
             "worker_cpu_seconds": closed["worker_cpu_seconds"],
             "worker_rss_kb": closed["worker_rss_kb"],
             "calls_per_worker": closed["calls_per_worker"],
+            **pings,
         }
         if self.record_dir is not None:
             info.update(check_recordings(Path(self.record_dir), self.calls))
         return info
 
     def stop(self) -> None:
+        if self.prober is not None:
+            self.prober.stop()
+            self.prober = None
         if self.proc is not None and self.proc.is_alive():
             self.proc.kill()  # its workers see EOF on their channels and exit
             self.proc.join(5)
