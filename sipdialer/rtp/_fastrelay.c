@@ -781,8 +781,8 @@ core_readable(RelayCore *self, PyObject *Py_UNUSED(ignored))
             PyObject *res = NULL;
             if (addr != NULL) {
                 PyObject *args[3] = {(PyObject *)self, data, addr};
-                res = PyObject_VectorcallMethod(
-                    str_datagram_received, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                /* no PY_VECTORCALL_ARGUMENTS_OFFSET: args[-1] is not ours to lend */
+                res = PyObject_VectorcallMethod(str_datagram_received, args, 3, NULL);
             }
             Py_XDECREF(data);
             Py_XDECREF(addr);
