@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import gc
 import os
 import select
 import termios
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 import soundfile
 
 from sipdialer.rtp import g711
@@ -32,6 +34,19 @@ from sipdialer.rtp.recorder import BUFFER_CAP, Recorder
 from sipdialer.rtp.relay import Bridge
 from tests.fixtures import ports
 from tests.fixtures.rtp_phones import HOST, PCMU, SILENCE, Phone, phone, tone
+
+
+@pytest.fixture(autouse=True)
+def _short_collections() -> Iterator[None]:
+    """These tests judge the recording against the wall clock. A full collection of the
+    test process's heap (hundreds of ms after a few thousand tests) stalls the relay; the
+    packets then arrive in a burst, and the recorder rightly keeps only what fits in time,
+    so a marker can go missing (seen once in a full run: the last marker of both channels).
+    Freeze what the earlier tests left, so that a collection here is short."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @dataclass
@@ -223,7 +238,12 @@ async def test_fast_clock_and_burst_stay_within_40_ms_of_the_wall_clock(tmp_path
         assert len(offsets) >= 20
         worst[side] = max(map(abs, offsets))
         late[side] = [(m, o) for m, o in zip(marks, offsets, strict=True) if abs(o) > 40]
-    assert not any(late.values()), f"markers (packet, ms) off by more than 40 ms: {late}"
+    rec = lab.recorder
+    assert not any(late.values()), (
+        f"markers (packet, ms) off by more than 40 ms: {late}; recorder: overflow "
+        f"{rec.overflow_packets} packets, excess {rec.excess_samples} samples, "
+        f"partial {rec.partial}, wav {len(data) / rate:.2f} s of a {end - t0:.2f} s call"
+    )
     assert max(worst.values()) <= 40, worst
     # and the file ends with the call
     assert abs(len(data) / rate - (end - t0)) <= 0.05, (len(data) / rate, end - t0)
