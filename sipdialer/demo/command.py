@@ -771,13 +771,18 @@ class Demo:
                 done = seen.get(runner.id, 0)
                 for entry in runner.view().timeline[done:]:
                     text = f"{runner.id[:8]} state -> {entry.state}"
-                    if entry.state == "ended" and runner.cdr is not None:
+                    if entry.state == "ended":
+                        if runner.cdr is None:
+                            # the CDR follows the legs' last answers: print the end with it,
+                            # at a later round (printed without it, the outcome was lost)
+                            break
                         p = runner.cdr.cdr_payload()
                         text += f": {p['disposition']}, cause {p['end_code']}"
                         if p["recording_url"]:
                             text += f", recording {p['recording_url']}"
                     self.say.event(entry.at, "call", text)
-                seen[runner.id] = max(done, len(runner.timeline))
+                    done += 1
+                seen[runner.id] = done
             self.say.flush(time.time() - HOLD_BACK)
             await asyncio.sleep(POLL_SECONDS)
 
