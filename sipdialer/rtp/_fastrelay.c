@@ -508,6 +508,7 @@ typedef struct RelayCore {
     PyObject *srtp_tx;   /* SRTP sender or None: sending to this leg encrypts, in Python */
     PyObject *rec;       /* the recorder channel's PendingPayloads or None */
     PyObject *audio_name;/* "PCMU"/"PCMA", the recorder's codec name */
+    int audio_codec;     /* its CODEC_* code, set with it (not looked up per packet) */
     PyObject *xlate;     /* 256-byte G.711 table (bytes) to the peer's codec or None */
     PyObject *peer;      /* the other leg */
     PyObject *time;      /* the loop's clock (callable) */
@@ -617,7 +618,6 @@ static PyMemberDef core_members[] = {
     {"_unprotect", T_OBJECT, OFF(unprotect), 0, NULL},
     {"_srtp_tx", T_OBJECT, OFF(srtp_tx), 0, NULL},
     {"_rec", T_OBJECT, OFF(rec), 0, NULL},
-    {"_audio_name", T_OBJECT, OFF(audio_name), 0, NULL},
     {"_xlate", T_OBJECT, OFF(xlate), 0, NULL},
     {"peer", T_OBJECT, OFF(peer), 0, NULL},
     {"_time", T_OBJECT, OFF(time), 0, NULL},
@@ -656,7 +656,24 @@ set_remote(RelayCore *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *
+get_audio_name(RelayCore *self, void *closure)
+{
+    return Py_NewRef(self->audio_name ? self->audio_name : Py_None);
+}
+
+static int
+set_audio_name(RelayCore *self, PyObject *value, void *closure)
+{
+    if (value == NULL) value = Py_None;
+    Py_XSETREF(self->audio_name, Py_NewRef(value));
+    self->audio_codec = codec_code(value);
+    return 0;
+}
+
 static PyGetSetDef core_getset[] = {
+    {"_audio_name", (getter)get_audio_name, (setter)set_audio_name,
+     "the leg's codec name (\"PCMU\"/\"PCMA\") as the recorder takes it", NULL},
     {"_source", (getter)get_source, (setter)set_source,
      "the latched source (address tuple) or None", NULL},
     {"remote", (getter)get_remote, (setter)set_remote,
@@ -697,7 +714,7 @@ fast(RelayCore *self, unsigned char *buf, Py_ssize_t n, const struct sockaddr_st
     self->bytes_in += n;
     self->last_rx = t;
     self->fast_packets++;
-    if (rec != NULL && queue_payload(rec, buf + 12, m, codec_code(self->audio_name), t) < 0)
+    if (rec != NULL && queue_payload(rec, buf + 12, m, self->audio_codec, t) < 0)
         return -1;
     if (!fwd) return 1;
     uint16_t seq = (uint16_t)((buf[2] << 8) | buf[3]);
@@ -976,6 +993,7 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->srtp_tx = Py_NewRef(Py_None);
     self->rec = Py_NewRef(Py_None);
     self->audio_name = Py_NewRef(Py_None);
+    self->audio_codec = CODEC_OTHER;
     self->xlate = Py_NewRef(Py_None);
     self->peer = Py_NewRef((PyObject *)self);
     self->time = Py_NewRef(Py_None);
